@@ -1,0 +1,1 @@
+"""The evolution engine: providers, literature, repo summary, patching, the git record and the loop."""

@@ -1,0 +1,1 @@
+"""The proposal schema; stored proposals live below this folder as <run-id>/<proposal-id>/."""

@@ -1,0 +1,1 @@
+"""Sandboxes that run untrusted candidate code: Docker first, a hardened local process as fallback."""
