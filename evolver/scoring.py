@@ -76,7 +76,7 @@ def compare(
     """Apply the merge rule to per-seed scores (same seeds, same order)."""
     if not (len(seeds) == len(baseline) == len(candidate)) or not seeds:
         raise ValueError("seeds, baseline and candidate scores must be non-empty and of equal length")
-    gains = [c - b for b, c in zip(baseline, candidate)]
+    gains = [c - b for b, c in zip(baseline, candidate, strict=True)]
     n = len(gains)
     mean_gain = statistics.fmean(gains)
     rule = RULE_TEXT.format(conf=confidence)

@@ -1,0 +1,91 @@
+"""Run settings: defaults, overridden by HRM_* keys in the environment or a .env file, overridden by flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dotenv import dotenv_values
+
+ENV_PREFIX = "HRM_"
+
+
+@dataclass
+class Settings:
+    provider: str = "offline"  # lmstudio | openai | ollama | offline
+    model: str | None = None  # provider model name; None = the provider's default
+    host: str | None = None  # provider base URL; None = the provider's default
+    fallback_provider: str | None = None  # e.g. "offline" when the LLM server is unreachable
+    task: str = "sudoku4"
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    budget_seconds: float = 75.0  # training budget per seed, set by the harness, not by candidate code
+    cycles: int = 3  # 0 = until --max-runtime or Ctrl-C
+    max_runtime_seconds: float | None = None
+    interval_seconds: float = 0.0  # pause between cycles
+    margin: float = 0.01
+    confidence: float = 0.90
+    backend: str = "auto"  # auto | docker | local
+    image: str = "hrm-evolve-sandbox:latest"
+    gpus: bool = False
+    memory_mb: int = 6144
+    cpus: float = 2.0
+    min_free_disk_gb: float = 2.0
+    min_free_memory_gb: float = 1.0
+    auto_apply: bool = False
+    allowed_paths: list[str] = field(default_factory=lambda: ["hrm/"])
+    literature: str = "auto"  # auto (arXiv, snapshot when unreachable) | snapshot | off
+    state_dir: str = ".hrm-evolve"  # caches (baselines, LLM replies, datasets), relative to the repo
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def state_path(self, repo: Path) -> Path:
+        p = Path(self.state_dir)
+        return p if p.is_absolute() else Path(repo) / p
+
+
+def _coerce(value: str, current: Any, name: str) -> Any:
+    """Turn an environment string into the type of the field's default."""
+    if isinstance(current, bool):
+        low = value.strip().lower()
+        if low in {"1", "true", "yes", "on"}:
+            return True
+        if low in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected a boolean, got {value!r}")
+    if isinstance(current, int) and not isinstance(current, bool):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, list):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        return [int(v) for v in items] if name == "seeds" else items
+    if value.strip().lower() in {"", "none", "null"}:
+        return None
+    if name == "max_runtime_seconds":
+        return float(value)
+    return value
+
+
+def load_settings(repo: Path | None = None, overrides: dict[str, Any] | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Defaults < `.env` in the repo < process environment < explicit overrides (CLI flags)."""
+    settings = Settings()
+    values: dict[str, str] = {}
+    if repo is not None and (Path(repo) / ".env").is_file():
+        values.update({k: v for k, v in dotenv_values(Path(repo) / ".env").items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    for f in dataclasses.fields(Settings):
+        key = ENV_PREFIX + f.name.upper()
+        if key in values:
+            setattr(settings, f.name, _coerce(values[key], getattr(settings, f.name), f.name))
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if not hasattr(settings, name):
+            raise ValueError(f"unknown setting {name!r}")
+        setattr(settings, name, value)
+    return settings
