@@ -1,0 +1,100 @@
+"""`python evolve.py report`: a JSON summary and PNG plots of a run, built from its stored results."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+SUCCESS_VERDICTS = {"merged", "approved"}
+
+
+def summarize(results: list[dict[str, Any]], baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Aggregate per-candidate result dicts (as stored in result.json) into a run summary."""
+    verdicts = Counter(r.get("verdict", "unknown") for r in results)
+    failures = Counter(r["failed_stage"] for r in results if r.get("failed_stage"))
+    stage_time: dict[str, list[float]] = defaultdict(list)
+    for r in results:
+        for stage, seconds in (r.get("timings") or {}).items():
+            stage_time[stage].append(float(seconds))
+    best = None
+    for r in results:
+        comp = r.get("comparison") or {}
+        if r.get("verdict") in SUCCESS_VERDICTS and comp.get("candidate"):
+            score = sum(comp["candidate"]) / len(comp["candidate"])
+            if best is None or score > best["score"]:
+                best = {"proposal_id": r.get("proposal_id"), "score": score}
+    total_time = sum(sum(v) for v in stage_time.values())
+    training = sum(sum(v) for k, v in stage_time.items() if k in {"train", "evaluate"})
+    return {
+        "candidates": len(results),
+        "verdicts": dict(verdicts),
+        "failures_by_stage": dict(failures),
+        "seconds_by_stage": {k: sum(v) for k, v in stage_time.items()},
+        "mean_seconds_by_stage": {k: sum(v) / len(v) for k, v in stage_time.items()},
+        "non_training_share": (1 - training / total_time) if total_time else None,
+        "baseline": baseline,
+        "best": best,
+    }
+
+
+def _score_points(results: list[dict[str, Any]]) -> tuple[list[int], list[float], list[str]]:
+    xs, ys, colors = [], [], []
+    for i, r in enumerate(results):
+        comp = r.get("comparison") or {}
+        if comp.get("candidate"):
+            xs.append(int(r.get("cycle", i)))
+            ys.append(sum(comp["candidate"]) / len(comp["candidate"]))
+            colors.append("tab:green" if r.get("verdict") in SUCCESS_VERDICTS else "tab:red")
+    return xs, ys, colors
+
+
+def write_report(results: list[dict[str, Any]], out_dir: Path, baseline: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write summary.json and three PNG plots into out_dir; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(results, baseline)
+    paths = {"summary": out_dir / "summary.json"}
+    paths["summary"].write_text(json.dumps({"summary": summary, "candidates": results}, indent=2, default=str) + "\n")
+
+    xs, ys, colors = _score_points(results)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if xs:
+        ax.scatter(xs, ys, c=colors)
+    if baseline and baseline.get("scores"):
+        ax.axhline(sum(baseline["scores"]) / len(baseline["scores"]), color="grey", ls="--", label="first baseline")
+        ax.legend()
+    ax.set_xlabel("generation (cycle)")
+    ax.set_ylabel("held-out exact accuracy (mean over seeds)")
+    ax.set_title("Score by generation (green = merged)")
+    paths["scores"] = out_dir / "score_by_generation.png"
+    fig.tight_layout()
+    fig.savefig(paths["scores"], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    failures = summary["failures_by_stage"]
+    ax.bar(list(failures) or ["(none)"], list(failures.values()) or [0], color="tab:red")
+    ax.set_ylabel("candidates stopped here")
+    ax.set_title("Failures by stage")
+    paths["failures"] = out_dir / "failures_by_stage.png"
+    fig.tight_layout()
+    fig.savefig(paths["failures"], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    mean_t = summary["mean_seconds_by_stage"]
+    ax.bar(list(mean_t) or ["(none)"], list(mean_t.values()) or [0], color="tab:blue")
+    ax.set_ylabel("mean seconds per candidate")
+    ax.set_title("Time per stage")
+    paths["times"] = out_dir / "time_per_stage.png"
+    fig.tight_layout()
+    fig.savefig(paths["times"], dpi=100)
+    plt.close(fig)
+    return paths
