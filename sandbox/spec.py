@@ -1,0 +1,88 @@
+"""The sandbox contract: what to run (SandboxSpec), what happened (SandboxResult), and the Backend protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+DEFAULT_IMAGE = "hrm-evolve-sandbox:latest"
+OUT_TARGET = "/out"
+LOG_TAIL_LINES = 200
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path shown inside the sandbox at ``target``."""
+
+    host: Path
+    target: str
+    read_only: bool = True
+
+    def __post_init__(self) -> None:
+        if not Path(self.host).is_absolute():
+            raise ValueError(f"mount host path must be absolute: {self.host}")
+        if not self.target.startswith("/") or self.target.rstrip("/") in ("", OUT_TARGET):
+            raise ValueError(f"mount target must be absolute and not / or {OUT_TARGET}: {self.target!r}")
+
+
+@dataclass
+class SandboxSpec:
+    """One command to run in a sandbox, with every limit decided by the caller (never by the candidate)."""
+
+    command: list[str]
+    mounts: list[Mount]
+    output_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = OUT_TARGET
+    timeout_s: float = 600.0
+    memory_mb: int = 4096
+    cpus: float = 2.0
+    pids: int = 256
+    disk_mb: int = 1024
+    gpus: bool = False
+    label: str = ""
+
+    def validate(self) -> None:
+        if not self.command:
+            raise ValueError("SandboxSpec.command is empty")
+        targets = [m.target.rstrip("/") for m in self.mounts]
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"duplicate mount targets: {targets}")
+        if self.timeout_s <= 0 or self.memory_mb <= 0 or self.cpus <= 0 or self.pids <= 0 or self.disk_mb <= 0:
+            raise ValueError("timeout_s, memory_mb, cpus, pids and disk_mb must be positive")
+
+
+@dataclass
+class SandboxResult:
+    """What happened. ``error`` is an infrastructure failure; a failing candidate has error=None."""
+
+    exit_code: int | None
+    timed_out: bool
+    oom_killed: bool
+    duration_s: float
+    overhead_s: float
+    log_tail: str
+    backend: str
+    isolation: list[str]
+    missing: list[str]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.timed_out and not self.oom_killed and self.exit_code == 0
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, spec: SandboxSpec) -> SandboxResult: ...
+
+
+def tail_lines(text: str, n: int = LOG_TAIL_LINES) -> str:
+    """The last ``n`` lines of ``text``."""
+    lines = text.splitlines()
+    return "\n".join(lines[-n:])
