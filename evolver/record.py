@@ -361,6 +361,14 @@ class EvolutionRecord:
             _git(["worktree", "remove", "--force", str(path)], self.root)
         _git(["worktree", "prune"], self.root)
 
+    def discard_candidate(self, candidate: Candidate) -> None:
+        """Remove the worktree AND the branch of a candidate that never got its commit (a failed apply)."""
+        self.remove_candidate(candidate)
+        if self._ref_exists(f"refs/heads/{candidate.branch}"):
+            if self._rev(candidate.branch) != candidate.parent:
+                raise RecordError(f"candidate {candidate.proposal_id!r} has commits; use remove_candidate/prune")
+            _git(["branch", "-D", candidate.branch], self.root)
+
     # ----------------------------------------------------------------- notes and merges
     def read_note(self, rev: str) -> dict[str, Any] | None:
         """The JSON note of a commit in ``refs/notes/evolve``, or None."""

@@ -1,0 +1,337 @@
+"""The ``evolve.py`` command line: subcommands registered in one list, each a small parser plus a handler.
+
+Subcommands here: ``apply`` (a proposal file onto a new candidate branch), ``proposals list|show|diff`` and
+``history`` (candidates of a run, read from git: branches, trailers, notes and the stored files).
+
+Adding a subcommand (``run``, ``review``, ``report``, ``sandbox build|doctor``, ...): write a function
+``add_<name>_command(subparsers)`` that calls ``subparsers.add_parser(...)`` and sets
+``handler=<callable(argparse.Namespace) -> int>`` with ``set_defaults``, then append it to
+:data:`SUBCOMMANDS` (REGISTRATION POINT below). A subcommand named ``run`` becomes the default: ``evolve.py``
+with no subcommand (or with only options) runs it. Until one is registered, no subcommand prints that the
+evolution loop is not built yet and exits 2.
+
+Exit codes: 0 success, 1 the operation failed (patch did not apply, git error, unknown id), 2 bad input
+(invalid proposal, usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from evolver.record import (
+    CandidateExists,
+    EvolutionRecord,
+    RecordError,
+    RunNotFound,
+    fetch_runs,
+    list_runs,
+    repo_toplevel,
+)
+from evolver.store import ProposalStore
+
+Handler = Callable[[argparse.Namespace], int]
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+DEFAULT_SUBCOMMAND = "run"
+NOT_BUILT_MESSAGE = (
+    "the evolution loop is not built yet: no 'run' subcommand is registered in evolver/cli.py.\n"
+    "Available now: apply, proposals, history (see `python evolve.py --help`)."
+)
+
+
+def _out() -> Console:
+    return Console(soft_wrap=True)
+
+
+def _err() -> Console:
+    return Console(stderr=True, soft_wrap=True)
+
+
+def _add_record_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repo", default=".", help="the repository that holds the run (default: .)")
+    parser.add_argument("--run-id", default=None, help="the run (default: the latest run in the repository)")
+
+
+def _open_existing_run(args: argparse.Namespace) -> EvolutionRecord:
+    """The record of ``--run-id`` or of the latest run; raises RunNotFound when there is none."""
+    root = repo_toplevel(args.repo)
+    run_id = args.run_id
+    if run_id is None:
+        runs = list_runs(root)
+        if not runs:
+            raise RunNotFound(f"no evolution runs in {root} (no evolve/<run-id>/best branch)")
+        run_id = runs[-1]
+    return EvolutionRecord(root, run_id, create=False)
+
+
+# ================================================================================================= apply
+def add_apply_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "apply", help="apply a proposal file on a new candidate branch of a run",
+        description="Validate PROPOSAL.json, apply its edits on branch evolve/<run>/cand/<id> (from the run's "
+                    "current best), commit with trailers, store proposal.json and diff.patch on the run branch "
+                    "and print the diff. With no --run-id the latest run is used, or a new run is started.")
+    parser.add_argument("proposal", type=Path, help="proposal JSON file")
+    _add_record_options(parser)
+    parser.add_argument("--keep-worktree", action="store_true", help="leave the candidate's worktree in place")
+    parser.set_defaults(handler=cmd_apply)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from proposals.schema import ProposalError, load_proposal
+
+    err = _err()
+    try:
+        text = args.proposal.read_text(encoding="utf-8")
+    except OSError as exc:
+        err.print(f"[red]cannot read {args.proposal}:[/red] {exc}", markup=True, highlight=False)
+        return 2
+    try:
+        proposal = load_proposal(text)
+    except ProposalError as exc:
+        err.print(f"invalid proposal {args.proposal}: {len(exc.problems)} problem(s)", style="red",
+                  highlight=False)
+        for problem in exc.problems:
+            err.print(f"  - {problem}", markup=False, highlight=False)
+        return 2
+    try:
+        from evolver.patch import EditError, apply_edits
+        from evolver.paths import DEFAULT_POLICY, PathRejected
+    except ImportError as exc:  # the patch engine is another module; say so plainly if it is missing
+        raise NotImplementedError(f"evolver.patch is not available: {exc}") from exc
+
+    root = repo_toplevel(args.repo)
+    run_id = args.run_id or (list_runs(root) or [None])[-1]
+    with EvolutionRecord(root, run_id) as rec:
+        try:
+            cand = rec.create_candidate(proposal.id)
+        except CandidateExists as exc:
+            err.print(f"{exc}", style="red", markup=False, highlight=False)
+            return 1
+        try:
+            apply_edits(cand.path, proposal.edits, DEFAULT_POLICY)
+        except (EditError, PathRejected) as exc:
+            rec.discard_candidate(cand)
+            err.print(f"proposal {proposal.id} does not apply:", style="red", highlight=False)
+            err.print(str(exc), markup=False, highlight=False)
+            return 1
+        if proposal.provenance.parent_commit is None:
+            proposal = proposal.model_copy(
+                update={"provenance": proposal.provenance.model_copy(update={"parent_commit": cand.parent})})
+        sha = rec.commit_candidate(cand, proposal)
+        diff = rec.diff(cand)
+        ProposalStore(rec).save_proposal(proposal, diff=diff)
+        if not args.keep_worktree:
+            rec.remove_candidate(cand)
+    out = _out()
+    out.print(f"run:       {rec.run_id}", markup=False, highlight=False)
+    out.print(f"branch:    {cand.branch}", markup=False, highlight=False)
+    out.print(f"commit:    {sha}", markup=False, highlight=False)
+    if args.keep_worktree:
+        out.print(f"worktree:  {cand.path}", markup=False, highlight=False)
+    out.print(Syntax(diff, "diff", theme="ansi_dark", background_color="default"))
+    return 0
+
+
+# ================================================================================================= proposals
+def add_proposals_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("proposals", help="list, show or diff the stored proposals of a run")
+    inner = parser.add_subparsers(dest="proposals_command", metavar="ACTION", required=True)
+    listing = inner.add_parser("list", help="the stored proposals of the run")
+    _add_record_options(listing)
+    listing.set_defaults(handler=cmd_proposals_list)
+    show = inner.add_parser("show", help="a stored proposal.json (and result.json)")
+    show.add_argument("proposal_id")
+    _add_record_options(show)
+    show.set_defaults(handler=cmd_proposals_show)
+    diff = inner.add_parser("diff", help="the diff of a proposal's candidate")
+    diff.add_argument("proposal_id")
+    _add_record_options(diff)
+    diff.set_defaults(handler=cmd_proposals_diff)
+
+
+def cmd_proposals_list(args: argparse.Namespace) -> int:
+    with _open_existing_run(args) as rec:
+        store = ProposalStore(rec)
+        branches = set(rec.candidate_ids())
+        table = Table(title=f"proposals of run {rec.run_id}")
+        for col in ("id", "title", "branch", "files"):
+            table.add_column(col)
+        for pid in sorted(set(store.ids()) | branches):
+            data = store.proposal(pid) or {}
+            table.add_row(pid, str(data.get("title", "")), "yes" if pid in branches else "-",
+                          ", ".join(store.files(pid)))
+    _out().print(table)
+    return 0
+
+
+def cmd_proposals_show(args: argparse.Namespace) -> int:
+    with _open_existing_run(args) as rec:
+        store = ProposalStore(rec)
+        text = store.read_text(args.proposal_id, "proposal.json")
+        result = store.read_text(args.proposal_id, "result.json")
+    if text is None:
+        _err().print(f"no stored proposal {args.proposal_id!r} in run {rec.run_id}", style="red",
+                     markup=False, highlight=False)
+        return 1
+    out = _out()
+    out.print(Syntax(text, "json", theme="ansi_dark", background_color="default"))
+    if result is not None:
+        out.print("result.json:", markup=False)
+        out.print(Syntax(result, "json", theme="ansi_dark", background_color="default"))
+    return 0
+
+
+def cmd_proposals_diff(args: argparse.Namespace) -> int:
+    with _open_existing_run(args) as rec:
+        diff = ProposalStore(rec).diff(args.proposal_id)
+        if diff is None and args.proposal_id in rec.candidate_ids():
+            diff = rec.diff(args.proposal_id)
+    if diff is None:
+        _err().print(f"no diff for {args.proposal_id!r} in run {rec.run_id}", style="red", markup=False,
+                     highlight=False)
+        return 1
+    _out().print(Syntax(diff, "diff", theme="ansi_dark", background_color="default"))
+    return 0
+
+
+# ================================================================================================= history
+@dataclass(frozen=True)
+class HistoryRow:
+    proposal_id: str
+    parent: str
+    verdict: str
+    score: float | None
+    delta: float | None
+    citations: str
+    branch: str | None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def collect_history(rec: EvolutionRecord) -> list[HistoryRow]:
+    """Every candidate of the run, from git alone: candidate branches (trailers, notes, merged or not) and the
+    stored proposal files on the run branch (for candidates whose branch was pruned).
+
+    Verdict: the note's ``verdict``; else ``result.json``'s; else ``accepted`` when merged, ``pending`` when
+    committed, ``no-commit`` for an empty branch and ``pruned`` for a stored proposal without a branch.
+    Score and delta come from the ``score`` and ``delta`` keys of the note's (or result's) ``scores``.
+    """
+    store = ProposalStore(rec)
+    labels = rec.best_labels()
+    rows: list[HistoryRow] = []
+    seen: set[str] = set()
+    for info in rec.candidates():
+        seen.add(info.proposal_id)
+        result = store.result(info.proposal_id) or {}
+        note = info.note or {}
+        verdict = note.get("verdict") or result.get("verdict")
+        if not verdict:
+            verdict = "accepted" if info.merged else "pending" if info.committed else "no-commit"
+        scores = note.get("scores") or result.get("scores") or {}
+        cites = ", ".join(info.trailers.get("Citations", []))
+        rows.append(HistoryRow(info.proposal_id, labels.get(info.parent, info.parent[:10]), str(verdict),
+                               _number(scores.get("score")), _number(scores.get("delta")), cites, info.branch))
+    for pid in store.ids():
+        if pid in seen:
+            continue
+        data = store.proposal(pid) or {}
+        result = store.result(pid) or {}
+        parent = str((data.get("provenance") or {}).get("parent_commit") or "")
+        scores = result.get("scores") or {}
+        cites = ", ".join(str(c.get("arxiv_id")) for c in data.get("citations") or [] if isinstance(c, dict))
+        rows.append(HistoryRow(pid, labels.get(parent, parent[:10]), str(result.get("verdict") or "pruned"),
+                               _number(scores.get("score")), _number(scores.get("delta")), cites, None))
+    return rows
+
+
+def add_history_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "history", help="the candidates of a run: parent, verdict, score, delta, citations",
+        description="Read from git alone (branches, trailers, notes, stored files), so it works after a crash "
+                    "or on a clone (use --fetch to get the run branches and notes from a remote first).")
+    _add_record_options(parser)
+    parser.add_argument("--fetch", metavar="REMOTE", default=None,
+                        help="first fetch evolve/* branches and refs/notes/evolve from REMOTE")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.set_defaults(handler=cmd_history)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    if args.fetch:
+        fetch_runs(args.repo, args.fetch)
+    with _open_existing_run(args) as rec:
+        rows = collect_history(rec)
+    if args.json:
+        print(json.dumps([row.__dict__ for row in rows], indent=2))
+        return 0
+    table = Table(title=f"history of run {rec.run_id}")
+    for col in ("id", "parent", "verdict", "score", "delta", "citations"):
+        table.add_column(col, justify="right" if col in ("score", "delta") else "left")
+    for row in rows:
+        style = {"accepted": "green", "pending": "yellow"}.get(row.verdict, "red")
+        table.add_row(row.proposal_id, row.parent, f"[{style}]{row.verdict}[/{style}]",
+                      "-" if row.score is None else f"{row.score:.4f}",
+                      "-" if row.delta is None else f"{row.delta:+.4f}", row.citations or "-")
+    _out().print(table)
+    return 0
+
+
+# ================================================================================================= wiring
+# REGISTRATION POINT: one registrar per subcommand. Add `run` (the loop; it becomes the default when no
+# subcommand is given), `review`, `report` and `sandbox build|doctor` here.
+SUBCOMMANDS: list[Registrar] = [
+    add_apply_command,
+    add_proposals_command,
+    add_history_command,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evolve.py", description="hrm-evolve: evolve the HRM code with LLM proposals checked in a sandbox.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in SUBCOMMANDS:
+        register(subparsers)
+    return parser
+
+
+def _registered(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    commands = _registered(parser)
+    wants_default = not tokens or (tokens[0].startswith("-") and tokens[0] not in ("-h", "--help"))
+    if wants_default:
+        if DEFAULT_SUBCOMMAND not in commands:
+            print(NOT_BUILT_MESSAGE, file=sys.stderr)
+            return 2
+        tokens.insert(0, DEFAULT_SUBCOMMAND)
+    args = parser.parse_args(tokens)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except RecordError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
