@@ -1,0 +1,79 @@
+"""A proposer that needs no model server: it walks a catalogue of literature-grounded HRM changes."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from evolver.offline_catalogue import CATALOGUE, CatalogueEntry
+from evolver.prompt import Prompt
+from evolver.providers.base import Completion, Provider, ProviderError, ProviderReply
+from proposals.schema import load_proposal
+
+
+class OfflineProvider(Provider):
+    """Picks the first catalogue entry not yet tried, in an order fixed by the seed.
+
+    An entry counts as tried when its id or its title appears in `prompt.tried`. The order is a
+    seeded shuffle of the catalogue, so the same seed and history always give the same proposal.
+    """
+
+    name = "offline"
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        seed: int | None = None,
+        catalogue: tuple[CatalogueEntry, ...] = CATALOGUE,
+        cache_dir: Path | str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("host", None)
+        super().__init__(model=model or "catalogue", cache_dir=cache_dir, **kwargs)
+        self.seed = seed
+        self.catalogue = catalogue
+
+    def endpoint(self) -> str:
+        return "built-in catalogue"
+
+    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any], temperature: float) -> Completion:
+        raise NotImplementedError("the offline provider does not chat; propose() picks from the catalogue")
+
+    def order(self, seed: int) -> list[CatalogueEntry]:
+        entries = list(self.catalogue)
+        random.Random(seed).shuffle(entries)
+        return entries
+
+    def pick(self, prompt: Prompt) -> CatalogueEntry:
+        tried = {t.strip().lower() for t in prompt.tried}
+        seed = prompt.seed if self.seed is None else self.seed
+        for entry in self.order(seed):
+            if entry.id.lower() not in tried and entry.title.lower() not in tried:
+                return entry
+        raise ProviderError(
+            f"offline: all {len(self.catalogue)} catalogue entries were already tried; "
+            "use an LLM provider (lmstudio, ollama, openai) to go further",
+            kind="exhausted",
+        )
+
+    def propose(self, prompt: Prompt) -> ProviderReply:
+        t0 = time.monotonic()
+        self._stats.requests += 1
+        entry = self.pick(prompt)
+        text = entry.to_json()
+        proposal = load_proposal(text)  # a broken catalogue entry is a bug: let ProposalError surface
+        self._stats.replies += 1
+        self._stats.proposals += 1
+        self._stats.latency_s += time.monotonic() - t0
+        return ProviderReply(
+            proposal=proposal,
+            raw_text=text,
+            provider=self.name,
+            model=self.model,
+            prompt_hash=self.cache_key(prompt),
+            attempts=1,
+            latency_s=time.monotonic() - t0,
+        )
