@@ -243,12 +243,12 @@ def pattern_solution(geo: Geometry) -> np.ndarray:
     return ((bc * (r % br) + r // br + c) % n + 1).astype(np.int64)
 
 
-def random_solution(geo: Geometry, rng: np.random.Generator) -> np.ndarray:
-    """A random valid grid (values 1..n): the pattern grid under random sudoku symmetries."""
+def random_solutions(geo: Geometry, rng: np.random.Generator, count: int) -> np.ndarray:
+    """[count, n*n] random valid grids (values 1..n): the pattern grid under random sudoku symmetries."""
     from hrm.data.augment import sudoku_symmetry_batch  # local import keeps the module graph one-way
 
-    base = pattern_solution(geo).reshape(1, -1)
-    return sudoku_symmetry_batch(base, None, geo.br, geo.bc, rng, token_offset=0)[0][0]
+    base = np.repeat(pattern_solution(geo).reshape(1, -1), count, axis=0)
+    return sudoku_symmetry_batch(base, None, geo.br, geo.bc, rng, token_offset=0)[0]
 
 
 def make_puzzle(
@@ -357,8 +357,11 @@ def generate(
     seen = exclude if exclude is not None else set()
     puzzles, solutions, ratings = [], [], []
     failures = 0
+    pool: list[np.ndarray] = []
     while len(puzzles) < count:
-        solution = random_solution(geo, rng)
+        if not pool:
+            pool = list(random_solutions(geo, rng, 64)[::-1])
+        solution = pool.pop()
         floor = min_clues if min_clues is None or isinstance(min_clues, (int, np.integer)) \
             else int(rng.integers(lo, hi + 1))
         puzzle = make_puzzle(solution, geo, rng, floor)
