@@ -300,11 +300,13 @@ class EvolutionRecord:
         return result
 
     def _add_worktree(self, path: Path, args: Sequence[str]) -> None:
-        _git(["worktree", "prune"], self.root)
         if path.exists() and any(path.iterdir()):
             raise RecordError(f"worktree directory {path} already exists and is not empty")
         path.parent.mkdir(parents=True, exist_ok=True)
-        _git(["worktree", "add", "--quiet", *args], self.root)
+        proc = _git(["worktree", "add", "--quiet", *args], self.root, check=False)
+        if proc.returncode != 0:  # a stale registration (directory deleted by hand): prune once and retry
+            _git(["worktree", "prune"], self.root)
+            _git(["worktree", "add", "--quiet", *args], self.root)
 
     # ----------------------------------------------------------------- candidates
     def create_candidate(self, proposal_id: str, parent: str | None = None) -> Candidate:
@@ -324,7 +326,8 @@ class EvolutionRecord:
         if not self._ref_exists(f"refs/heads/{branch}"):
             raise RecordError(f"no candidate {proposal_id!r} in run {self.run_id}")
         path = self.candidate_path(proposal_id)
-        if self._registered_worktrees().get(path.resolve()) != f"refs/heads/{branch}":
+        registered = self._registered_worktrees().get(path.resolve()) == f"refs/heads/{branch}"
+        if not (registered and (path / ".git").exists()):
             self._add_worktree(path, [str(path), branch])
         info = self.candidate_info(proposal_id)
         return Candidate(self.run_id, proposal_id, branch, path, info.parent)
@@ -357,9 +360,11 @@ class EvolutionRecord:
     def remove_candidate(self, candidate: Candidate) -> None:
         """Remove the candidate's worktree (the branch stays so the candidate remains in the history)."""
         path = candidate.path.resolve()
-        if path in self._registered_worktrees():
-            _git(["worktree", "remove", "--force", str(path)], self.root)
-        _git(["worktree", "prune"], self.root)
+        proc = _git(["worktree", "remove", "--force", str(path)], self.root, check=False)
+        if proc.returncode != 0:
+            _git(["worktree", "prune"], self.root)
+            if path in self._registered_worktrees():
+                raise RecordError(f"cannot remove worktree {path}: {proc.stderr.strip()}")
 
     def discard_candidate(self, candidate: Candidate) -> None:
         """Remove the worktree AND the branch of a candidate that never got its commit (a failed apply)."""
@@ -404,9 +409,9 @@ class EvolutionRecord:
         path = self.run_path.resolve()
         wts = self._registered_worktrees()
         ref = f"refs/heads/{self.run_branch}"
-        if wts.get(path) == ref:
+        if wts.get(path) == ref and (path / ".git").exists():
             return path
-        elsewhere = [p for p, b in wts.items() if b == ref]
+        elsewhere = [p for p, b in wts.items() if b == ref and p != path]
         if elsewhere:
             raise RecordError(f"run branch {self.run_branch} is checked out at {elsewhere[0]}; "
                               "the record needs it in its own worktree")

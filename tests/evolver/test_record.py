@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -221,3 +222,16 @@ def test_trailer_key_normalisation() -> None:
     assert trailer_key("delta") == "Delta"
     with pytest.raises(ValueError):
         trailer_key("__")
+
+
+def test_worktree_deleted_by_hand_is_recovered(user_repo: Path) -> None:
+    with EvolutionRecord(user_repo, run_id="run-stale") as rec:
+        cand = rec.create_candidate("p-stale")
+        edit(cand.path / "hrm/model.py", "return 64", "return 16")
+        rec.commit_candidate(cand, FakeProposal("p-stale"))
+        shutil.rmtree(cand.path)  # a crash or a user cleaning up leaves a stale registration
+        reopened = rec.open_candidate("p-stale")
+        assert "return 16" in (reopened.path / "hrm/model.py").read_text()
+        shutil.rmtree(reopened.path)
+        rec.remove_candidate(reopened)  # no error for a directory that is already gone
+        assert "p-stale" not in git(user_repo, "worktree", "list")

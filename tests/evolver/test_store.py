@@ -66,3 +66,14 @@ def test_store_read_from_a_fresh_clone(user_repo: Path, tmp_path: Path) -> None:
         assert json.loads(remote.show_file("proposals/run-clone/p-9/proposal.json"))["title"] == "cloned"
         assert ProposalStore(remote).ids() == ["p-9"]
         assert remote.read_note(remote.best_commit()) == {"verdict": "note-check"}
+
+
+def test_run_worktree_deleted_by_hand_is_recreated(user_repo: Path) -> None:
+    import shutil
+
+    with EvolutionRecord(user_repo, run_id="run-gone") as rec:
+        store = ProposalStore(rec)
+        store.save_result("p-3", {"verdict": "pending"})
+        shutil.rmtree(rec.run_path)
+        store.save_result("p-3", {"verdict": "rejected"})
+        assert store.result("p-3") == {"verdict": "rejected"}
