@@ -130,7 +130,7 @@ def prepare_wheels(wheel_dir: Path, torch_wheel: Path | None, log: Log) -> list[
     A marker file records the request; an identical request reuses the directory with no network.
     """
     reqs = [_pinned("numpy"), _pinned("rich")]
-    request = {"torch": torch_wheel.name if torch_wheel else None, "reqs": reqs, "platforms": PY_PLATFORMS}
+    request = {"torch": torch_wheel.name if torch_wheel else None, "reqs": reqs, "platforms": list(PY_PLATFORMS)}
     marker = wheel_dir / ".request.json"
     if marker.is_file() and json.loads(marker.read_text()) == request:
         log(f"wheels: reusing {wheel_dir}")
