@@ -122,15 +122,17 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     timings: list[float] = []
+    cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats + 1):
             root = Path(tmp) / f"copy{i}"
             shutil.copytree(REPO / "hrm", root / "hrm", ignore=shutil.ignore_patterns("__pycache__"))
             text = build_proposal(root)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             proposal = load_proposal(text)
             applied = apply_edits(root, proposal.edits, PathPolicy())
             timings.append((time.perf_counter() - start) * 1000)
+            cpu.append((time.process_time() - start_cpu) * 1000)
             if i == 0:
                 for a in applied:
                     print(f"  edits[{a.index}] {a.op:16s} {a.file:16s} {a.target}  ({a.lines_changed} lines)")
@@ -138,6 +140,9 @@ def main() -> int:
     print(f"cold (first, includes libcst warm-up): {timings[0]:.0f} ms")
     print(
         f"warm median of {len(warm)}: {statistics.median(warm):.0f} ms (min {min(warm):.0f}, max {max(warm):.0f})"
+    )
+    print(
+        f"warm CPU time median: {statistics.median(cpu[1:]):.0f} ms (wall exceeds it when the machine is loaded)"
     )
     print(f"target < 1000 ms: {'met' if statistics.median(warm) < 1000 else 'MISSED'}")
     return 0
