@@ -152,6 +152,22 @@ def extract_json_text(content: str, reasoning: str = "") -> str:
     return reasoning.strip() if reasoning else ""
 
 
+def unknown_citations(proposal: Proposal, allowed: list[str]) -> list[str]:
+    """Cited ids (version suffix ignored) not in the prompt's list; none are unknown when no list was given."""
+    if not allowed:
+        return []
+    base = {re.sub(r"v\d+$", "", a) for a in allowed}
+    return [c.arxiv_id for c in proposal.citations if re.sub(r"v\d+$", "", c.arxiv_id) not in base]
+
+
+def stamp(proposal: Proposal, provider: str, model: str, prompt_key: str) -> Proposal:
+    """Fill the engine-owned provenance (provider, model, prompt hash); the parent commit stays as it was."""
+    provenance = proposal.provenance.model_copy(
+        update={"provider": provider, "model": model, "prompt_hash": prompt_key}
+    )
+    return proposal.model_copy(update={"provenance": provenance})
+
+
 def reask_message(error: str, offending: str) -> str:
     """The follow-up user message after an invalid reply: the exact error and the output quoted."""
     shown = offending if len(offending) <= 6000 else offending[:6000] + "\n...[truncated]"
@@ -234,9 +250,22 @@ class Provider(ABC):
             text = extract_json_text(completion.content, completion.reasoning)
             try:
                 proposal = load_proposal(text)
+                unknown = unknown_citations(proposal, prompt.allowed_citations)
+                if unknown and attempt < self.max_attempts:
+                    raise ProposalError(
+                        [f"citations: arXiv id {cid} is not in the list you were given; cite only listed ids "
+                         f"({', '.join(prompt.allowed_citations)}) or none" for cid in unknown]
+                    )
+                if unknown:  # last try: keep the idea, drop the citations nobody can check
+                    self._stats.fail("citation_dropped")
+                    proposal = proposal.model_copy(
+                        update={"citations": [c for c in proposal.citations if c.arxiv_id not in unknown]}
+                    )
             except ProposalError as exc:
                 last_error = str(exc)
                 kind = "truncated" if completion.finish_reason == "length" else "invalid_proposal"
+                if not text.strip() and completion.finish_reason != "length":
+                    kind = "empty_reply"
                 self._stats.fail(kind)
                 if completion.finish_reason == "length":
                     last_error = f"reply truncated at the token limit (finish_reason=length); {last_error}"
@@ -245,6 +274,8 @@ class Provider(ABC):
                 messages.append({"role": "user", "content": reask_message(last_error, offending)})
                 continue
             self._stats.proposals += 1
+            proposal = stamp(proposal, self.name, self.model, key)
+            text = proposal.model_dump_json()  # what is cached is exactly what was accepted
             reply = ProviderReply(
                 proposal=proposal,
                 raw_text=text,

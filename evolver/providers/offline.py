@@ -9,7 +9,7 @@ from typing import Any
 
 from evolver.offline_catalogue import CATALOGUE, CatalogueEntry
 from evolver.prompt import Prompt
-from evolver.providers.base import Completion, Provider, ProviderError, ProviderReply
+from evolver.providers.base import Completion, Provider, ProviderError, ProviderReply, stamp
 from proposals.schema import load_proposal
 
 
@@ -63,8 +63,10 @@ class OfflineProvider(Provider):
         t0 = time.monotonic()
         self._stats.requests += 1
         entry = self.pick(prompt)
-        text = entry.to_json()
-        proposal = load_proposal(text)  # a broken catalogue entry is a bug: let ProposalError surface
+        key = self.cache_key(prompt)
+        # A broken catalogue entry is a bug: let ProposalError surface.
+        proposal = stamp(load_proposal(entry.to_json()), self.name, self.model, key)
+        text = proposal.model_dump_json()
         self._stats.replies += 1
         self._stats.proposals += 1
         self._stats.latency_s += time.monotonic() - t0
@@ -73,7 +75,7 @@ class OfflineProvider(Provider):
             raw_text=text,
             provider=self.name,
             model=self.model,
-            prompt_hash=self.cache_key(prompt),
+            prompt_hash=key,
             attempts=1,
             latency_s=time.monotonic() - t0,
         )

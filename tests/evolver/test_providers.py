@@ -207,3 +207,35 @@ def test_ollama_retries_500_and_reports_unreachable(prompt) -> None:
     with pytest.raises(ProviderError) as info:
         dead.propose(prompt)
     assert f"{url}/api/chat" in str(info.value) and "ollama serve" in str(info.value)
+
+
+# -- citations and provenance -------------------------------------------------------------------
+
+
+def test_invented_citation_is_reasked_then_dropped_on_last_try() -> None:
+    from evolver.literature import load_snapshot, select_papers
+
+    papers = select_papers(load_snapshot(), 3)
+    listed = build_prompt("map", papers, [], proposal_json_schema())
+    invented = valid_proposal_text(citations=[{"arxiv_id": "2999.99999", "title": "Made up", "claim": "x"}])
+    allowed = [{"arxiv_id": papers[0].arxiv_id, "title": papers[0].title, "claim": "y"}]
+    fixed = valid_proposal_text(citations=allowed)
+    with scripted_server([Step(content=invented), Step(content=fixed)]) as server:
+        provider = get_provider("lmstudio", model="m", host=f"{server.url}/v1", **FAST)
+        reply = provider.propose(listed)
+    assert reply.attempts == 2 and reply.proposal.citations[0].arxiv_id == papers[0].arxiv_id
+    assert "2999.99999 is not in the list" in server.received[1].messages[-1]["content"]
+    with scripted_server([Step(content=invented)] * 3) as server:
+        provider = get_provider("lmstudio", model="m", host=f"{server.url}/v1", **FAST)
+        reply = provider.propose(listed)
+    assert reply.attempts == 3 and reply.proposal.citations == []
+    assert provider.stats()["failures"] == {"invalid_proposal": 2, "citation_dropped": 1}
+
+
+def test_provenance_is_stamped(prompt) -> None:
+    with scripted_server([Step(content=valid_proposal_text())]) as server:
+        provider = get_provider("ollama", model="qwen-x", host=server.url, **FAST)
+        reply = provider.propose(prompt)
+    provenance = reply.proposal.provenance
+    assert (provenance.provider, provenance.model, provenance.prompt_hash) == ("ollama", "qwen-x", reply.prompt_hash)
+    assert provenance.parent_commit is None

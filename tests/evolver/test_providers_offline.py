@@ -38,4 +38,4 @@ def test_tried_by_title_counts_too() -> None:
     first = provider.propose(make_prompt([])).proposal
     by_title = [HistoryItem("x", first.title.upper(), "merged")]
     assert provider.propose(make_prompt(by_title)).proposal.id != first.id
-    assert first.provenance.provider == "offline"
+    assert first.provenance.provider == "offline" and first.provenance.prompt_hash
