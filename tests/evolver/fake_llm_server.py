@@ -25,6 +25,7 @@ class Step:
     status: int = 200
     delay: float = 0.0
     finish_reason: str = "stop"
+    reasoning_field: str = "reasoning_content"  # newer LM Studio / vLLM builds use "reasoning"
 
 
 @dataclass
@@ -57,7 +58,7 @@ class ScriptedServer:
 def _openai_body(step: Step, model: str, tokens_in: int) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": step.content}
     if step.reasoning:
-        message["reasoning_content"] = step.reasoning
+        message[step.reasoning_field] = step.reasoning
     tokens_out = max(1, len(step.content + step.reasoning) // 4)
     return {
         "id": "chatcmpl-scripted",

@@ -95,6 +95,13 @@ def test_reasoning_content_only_reply_is_used(prompt) -> None:
         provider = get_provider("lmstudio", model="m", host=f"{server.url}/v1", **FAST)
         reply = provider.propose(prompt)
     assert reply.proposal.id == "from-reasoning" and reply.attempts == 1
+    with scripted_server([Step(content="", reasoning=valid_proposal_text("alt-field"), reasoning_field="reasoning")]) as server:
+        provider = get_provider("lmstudio", model="m", host=f"{server.url}/v1", **FAST)
+        assert provider.propose(prompt).proposal.id == "alt-field"
+    think = f"<think>{valid_proposal_text('in-think')}</think>"
+    with scripted_server([Step(content=think)]) as server:
+        provider = get_provider("lmstudio", model="m", host=f"{server.url}/v1", **FAST)
+        assert provider.propose(prompt).proposal.id == "in-think"
 
 
 def test_retries_5xx_then_succeeds(prompt) -> None:
