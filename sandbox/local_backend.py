@@ -66,7 +66,7 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, *, use_bwrap: bool | None = None, warn: Warn | None = None) -> None:
+    def __init__(self, *, use_bwrap: bool | None = None, warn: Warn | None = None, allow_root: bool = False) -> None:
         bwrap = shutil.which("bwrap")
         if use_bwrap and bwrap is None:
             raise RuntimeError("use_bwrap=True but bubblewrap (bwrap) is not installed")
@@ -74,6 +74,7 @@ class LocalBackend:
         self.setpriv = shutil.which("setpriv")
         self.warn = warn
         self.python = os.path.realpath(sys.executable)
+        self.allow_root = allow_root
 
     # -- what is and is not in force -------------------------------------------------------------
     def _drop_uid(self, uid: int) -> bool:
@@ -100,8 +101,9 @@ class LocalBackend:
         if runs_unprivileged:
             isolation.append(f"non-root uid {uid}, RLIMIT_NPROC {spec.pids}")
         else:
-            missing.append(f"runs as root: uid {uid} cannot reach the interpreter {self.python}, "
-                           "so RLIMIT_NPROC is not enforced")
+            missing.append(f"unprivileged user: uid {uid} cannot reach the interpreter {self.python}, so the "
+                           + ("command runs as root (allow_root=True) and RLIMIT_NPROC is not enforced"
+                              if self.allow_root else "runs are refused (install bubblewrap or use Docker)"))
         if self.bwrap:
             isolation += ["bubblewrap: no network (own net namespace)", "own pid, ipc, uts namespaces",
                           "only /usr, the python install and the mounts visible, all read-only",
@@ -228,6 +230,11 @@ class LocalBackend:
             env = {k: self._host_path(spec, v) for k, v in env.items()}
             cwd = self._host_path(spec, spec.workdir)
             setuid_here = self._drop_uid(uid) and self._no_bwrap_can_drop(uid, gid)
+            if self._drop_uid(uid) and not setuid_here and not self.allow_root:
+                return SandboxResult(None, False, False, 0.0, time.monotonic() - t_begin, "", self.name, isolation,
+                                     missing, error=(f"refusing to run the candidate as root: without bubblewrap "
+                                                     f"uid {uid} cannot reach {self.python}; install bubblewrap, "
+                                                     "use Docker, or pass allow_root=True"))
         log_fd, log_path = tempfile.mkstemp(prefix="hrm-evolve-sandbox-", suffix=".log")
         timed_out = False
         exit_code: int | None = None
