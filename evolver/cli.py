@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
+from evolver.cli_run import add_report_command, add_review_command, add_run_command, add_sandbox_command
 from evolver.record import (
     CandidateExists,
     EvolutionRecord,
@@ -296,9 +297,13 @@ def cmd_history(args: argparse.Namespace) -> int:
 # REGISTRATION POINT: one registrar per subcommand. Add `run` (the loop; it becomes the default when no
 # subcommand is given), `review`, `report` and `sandbox build|doctor` here.
 SUBCOMMANDS: list[Registrar] = [
+    add_run_command,
     add_apply_command,
     add_proposals_command,
     add_history_command,
+    add_review_command,
+    add_report_command,
+    add_sandbox_command,
 ]
 
 

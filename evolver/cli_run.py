@@ -1,0 +1,156 @@
+"""Subcommands that run or follow up evolution: `run` (the default), `review`, `report`, `sandbox build|doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from evolver.record import repo_toplevel
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError("seeds are comma-separated integers, e.g. 0,1") from exc
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
+# ================================================================================================== run
+def add_run_command(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run", help="run the evolution loop (the default command)",
+        description="Measure the baseline, then each cycle: propose -> apply on a candidate branch -> sandbox "
+                    "cascade -> compare on the same seeds and budget -> merge (with --auto-apply) or wait for "
+                    "`evolve.py review`. Settings: flags > HRM_* environment > .env > defaults.")
+    p.add_argument("--repo", default=".", help="the repository to evolve (default: .)")
+    p.add_argument("--provider", choices=["lmstudio", "openai", "ollama", "offline"], default=None)
+    p.add_argument("--model", default=None, help="model name for the provider")
+    p.add_argument("--host", default=None, help="provider base URL (default: the provider's)")
+    p.add_argument("--fallback-provider", default=None,
+                   help="provider to switch to when the LLM server is unreachable (e.g. offline)")
+    p.add_argument("--task", default=None, help="HRM preset/task to score on (default sudoku4)")
+    p.add_argument("--seeds", type=_seeds, default=None, help="comma-separated training seeds (default 0,1)")
+    p.add_argument("--budget-seconds", type=_positive_float, default=None,
+                   help="training budget per seed, enforced by the harness")
+    p.add_argument("--cycles", type=int, default=None, help="number of cycles (0 = until stopped)")
+    p.add_argument("--max-runtime", type=_positive_float, default=None, dest="max_runtime_seconds",
+                   help="stop starting cycles after this many seconds")
+    p.add_argument("--interval", type=float, default=None, dest="interval_seconds",
+                   help="seconds to wait between cycles")
+    p.add_argument("--auto-apply", action="store_true", default=None,
+                   help="merge winners without review")
+    p.add_argument("--backend", choices=["auto", "docker", "local"], default=None)
+    p.add_argument("--gpus", action="store_true", default=None, help="pass GPUs into the sandbox")
+    p.add_argument("--margin", type=float, default=None, help="minimum mean gain to merge (default 0.01)")
+    p.add_argument("--literature", choices=["auto", "snapshot", "off"], default=None)
+    p.add_argument("--resume", metavar="RUN_ID", default=None, help="continue an interrupted run")
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from evolver.display import LoopDisplay
+    from evolver.loop import EvolutionLoop
+    from evolver.settings import load_settings
+
+    console = Console()
+    root = repo_toplevel(args.repo)
+    keys = ("provider", "model", "host", "fallback_provider", "task", "seeds", "budget_seconds", "cycles",
+            "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "literature")
+    settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
+    # A second Ctrl-C while the loop is cleaning up should not leave a half-written record: the loop catches
+    # the first one; SIGTERM is turned into the same clean stop.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with LoopDisplay(console) as display:
+        loop = EvolutionLoop(root, settings, run_id=args.resume, display=display)
+        outcomes = loop.run()
+    console.print(f"run [bold]{loop.run_id}[/] on branch [bold]{loop.record.run_branch}[/]: {loop.stop_reason}")
+    merged = [o for o in outcomes if o.verdict == "merged"]
+    console.print(f"{len(outcomes)} candidate(s), {len(merged)} merged. "
+                  f"See: python evolve.py history --run-id {loop.run_id}")
+    failed_to_start = loop.stop_reason is not None and not outcomes and loop.baseline is None
+    return 1 if failed_to_start else 0
+
+
+# ================================================================================================== review
+def add_review_command(subparsers: Any) -> None:
+    p = subparsers.add_parser("review", help="approve or reject candidates waiting for review")
+    p.add_argument("--repo", default=".")
+    p.add_argument("--run-id", default=None, help="the run (default: the latest)")
+    p.add_argument("--approve", nargs="*", default=None, metavar="ID", help="approve these without asking")
+    p.add_argument("--reject", nargs="*", default=None, metavar="ID", help="reject these without asking")
+    p.set_defaults(handler=cmd_review)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from evolver.cli import _open_existing_run
+    from evolver.review import review
+
+    with _open_existing_run(args) as record:
+        review(record, Console(), approve=args.approve, reject=args.reject)
+    return 0
+
+
+# ================================================================================================== report
+def add_report_command(subparsers: Any) -> None:
+    p = subparsers.add_parser("report", help="write a JSON summary and PNG plots of a run")
+    p.add_argument("--repo", default=".")
+    p.add_argument("--run-id", default=None, help="the run (default: the latest)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default .hrm-evolve/reports/<run>)")
+    p.set_defaults(handler=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evolver.cli import _open_existing_run
+    from evolver.report import write_report
+    from evolver.store import ProposalStore
+
+    with _open_existing_run(args) as record:
+        store = ProposalStore(record)
+        results = [r for r in (store.result(pid) for pid in store.ids()) if r]
+        baseline = next((r.get("baseline") for r in results if r.get("baseline")), None)
+        out = args.out or (record.root / ".hrm-evolve" / "reports" / record.run_id)
+        paths = write_report(results, out, baseline)
+    console = Console()
+    for name, path in paths.items():
+        console.print(f"{name}: {path}")
+    return 0
+
+
+# ================================================================================================== sandbox
+def add_sandbox_command(subparsers: Any) -> None:
+    p = subparsers.add_parser("sandbox", help="build the sandbox image or check the sandbox setup")
+    inner = p.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
+    build = inner.add_parser("build", help="build the Docker image (registry-free with --no-registry)")
+    build.add_argument("rest", nargs=argparse.REMAINDER, help="options for `python -m sandbox.image build`")
+    build.set_defaults(handler=cmd_sandbox_build)
+    doctor = inner.add_parser("doctor", help="engine, image, GPU, and which isolation is in force")
+    doctor.add_argument("rest", nargs=argparse.REMAINDER)
+    doctor.set_defaults(handler=cmd_sandbox_doctor)
+
+
+def cmd_sandbox_build(args: argparse.Namespace) -> int:
+    from sandbox.image import main as image_main
+
+    return int(image_main(["build", *args.rest]) or 0)
+
+
+def cmd_sandbox_doctor(args: argparse.Namespace) -> int:
+    from sandbox.doctor import main as doctor_main
+
+    return int(doctor_main(list(args.rest)) or 0)
+
+
