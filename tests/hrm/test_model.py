@@ -247,3 +247,41 @@ def test_flash_attention_refused_on_cpu() -> None:
     attn = Attention(hidden_size=16, head_dim=8, num_heads=2, num_key_value_heads=2, attn_impl="flash")
     with pytest.raises(RuntimeError):
         attn(None, torch.randn(1, 4, 16))
+
+
+def test_trained_model_deepcopies_and_round_trips_state_dict() -> None:
+    import copy
+
+    model = HRM(tiny_config()).train()
+    batch = make_batch()
+    _, out = model(model.initial_carry(batch), batch)
+    out["logits"].float().sum().backward()
+    clone = copy.deepcopy(model)  # e.g. for an EMA copy
+    fresh = HRM(tiny_config())
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    for m in (model, clone, fresh):
+        m.eval()
+    with torch.no_grad():
+        a = model(model.initial_carry(batch), batch)[1]["logits"]
+        b = clone(clone.initial_carry(batch), batch)[1]["logits"]
+        c = fresh(fresh.initial_carry(batch), batch)[1]["logits"]
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert not any("local_" in k or "cached" in k for k in model.state_dict())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bfloat16_training_step_matches_fp32_closely() -> None:
+    cfg = tiny_config(forward_dtype="bfloat16", halt_exploration_prob=0.0)
+    model = HRM(cfg).cuda().train()
+    ref = HRM(tiny_config(halt_exploration_prob=0.0)).cuda().eval()
+    ref.load_state_dict(model.state_dict())
+    batch = {k: v.cuda() for k, v in make_batch().items()}
+    carry, out = model(model.initial_carry(batch), batch)
+    out["logits"].float().sum().backward()
+    assert model.inner.puzzle_emb.local_weights.grad is not None
+    assert carry.inner_carry.z_H.is_cuda and out["logits"].dtype == torch.bfloat16
+    model.eval()
+    with torch.no_grad():
+        lo = model(model.initial_carry(batch), batch)[1]["logits"].float()
+        hi = ref(ref.initial_carry(batch), batch)[1]["logits"]
+    assert (lo - hi).abs().max() < 0.1 * hi.abs().max()
