@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a Docker engine for CI if none answers. Idempotent: when `docker info` already works, does nothing.
+# Start a Docker engine for CI if none answers (installing docker.io, debootstrap and bubblewrap when missing).
 # What it starts is recorded in a pid file so .ci/docker-down.sh stops only that.
 set -euo pipefail
 
@@ -7,16 +7,20 @@ PID_FILE="${HRM_EVOLVE_DOCKERD_PID:-/tmp/hrm-evolve-dockerd.pid}"
 LOG_FILE="${HRM_EVOLVE_DOCKERD_LOG:-/tmp/hrm-evolve-dockerd.log}"
 WAIT_S="${HRM_EVOLVE_DOCKERD_WAIT:-90}"
 
+missing=""
+command -v dockerd >/dev/null 2>&1 || missing="$missing docker.io"
+command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
+command -v bwrap >/dev/null 2>&1 || missing="$missing bubblewrap"
+if [ -n "$missing" ]; then
+    echo "docker-up: installing$missing with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq $missing
+fi
+
 if docker info >/dev/null 2>&1; then
     echo "docker-up: an engine already answers; nothing started"
     exit 0
-fi
-
-if ! command -v dockerd >/dev/null 2>&1; then
-    echo "docker-up: dockerd not found; installing docker.io debootstrap bubblewrap with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq docker.io debootstrap bubblewrap
 fi
 
 if [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
