@@ -6,7 +6,8 @@ HARNESS's own loop (fixed lr, batch, no schedule), with checks that training act
   loss type the config declares) over steps 96-100 is at most LOSS_RATIO x its mean over steps 16-20
   (5-step windows: single batches are noisy). Measured on the reference-faithful hrm, sudoku4 data,
   seeds 0-2: ratio 0.70, 0.70, 0.70;
-- non-zero gradients reach H-level, L-level, token embedding and the lm/q heads;
+- non-zero gradients reach H-level, L-level, token embedding and the lm/q heads (checked after the
+  first 5 steps, so a cut-off module fails fast);
 - the puzzle embedding table changes (when the model has one);
 - the carry holds no tensor that requires grad (the 1-step gradient detaches it).
 """
@@ -128,6 +129,10 @@ def run_trainability(data_dir: Path, task: str, seed: int, steps: int = STEPS) -
             raise StageFailure(f"gradient norm is not finite at step {step}", metrics)
         for name, hit in _grad_reach(model.inner).items():
             reach_any[name] = reach_any[name] or hit
+        if step == WINDOW:  # fail fast: a module no gradient reached in the first steps is cut off
+            cut_off = [name for name, hit in reach_any.items() if not hit]
+            metrics["grad_reach"] = dict(reach_any)
+            require(not cut_off, f"no non-zero gradient reached {cut_off} in the first {WINDOW} steps", metrics)
         for opt, _ in optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
