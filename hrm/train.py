@@ -435,7 +435,7 @@ def _scalar_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float | None]
     return out
 
 
-def _model_run_config(run: RunConfig, meta: Any) -> RunConfig:
+def with_dataset_shape(run: RunConfig, meta: Any) -> RunConfig:
     """The run with the model's vocabulary, length and identifier count taken from the dataset."""
     resolved = RunConfig.from_dict(run.to_dict())
     resolved.model.vocab_size = int(meta.vocab_size)
@@ -521,7 +521,7 @@ def train(
         has_test = (data_root / "test" / "dataset.json").is_file()
         eval_set = PuzzleDataset(data_root, "test") if has_test else train_set
         eval_limit = None if has_test else TRAIN_EVAL_LIMIT
-        run = _model_run_config(run, train_set.meta)
+        run = with_dataset_shape(run, train_set.meta)
 
         if checkpoint is not None:
             stored = RunConfig.from_dict(checkpoint["config"])
