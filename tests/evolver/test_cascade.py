@@ -1,0 +1,151 @@
+"""The cascade through the real sandbox (local backend; docker when an engine and the image exist), on the
+real hrm and on broken copies of it, with a real git repo for the safety manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from evolver.cascade import run_cascade, stage_split, write_manifest
+from sandbox import docker_unavailable_reason
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hrm.data import build_dataset
+
+    root = tmp_path_factory.mktemp("cascade-data") / "sudoku4"
+    build_dataset("sudoku4", root, seed=0, n_train=400, n_test=100)
+    return root
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _candidate(dest: Path, edits: dict[str, tuple[str, str]] | None = None) -> tuple[Path, str]:
+    """A git repo holding a copy of the real hrm/ plus a protected file, committed as the parent; then
+    `edits` applied in the work tree (the candidate). Returns (repo, parent commit)."""
+    dest.mkdir(parents=True)
+    shutil.copytree(REPO / "hrm", dest / "hrm", ignore=shutil.ignore_patterns("__pycache__"))
+    (dest / "protected").mkdir()
+    (dest / "protected" / "budget.txt").write_text("budget=60\n")
+    _git(dest, "init", "-q")
+    _git(dest, "add", ".")
+    _git(dest, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "parent")
+    for rel, (old, new) in (edits or {}).items():
+        text = (dest / rel).read_text()
+        assert old in text, rel
+        (dest / rel).write_text(text.replace(old, new, 1))
+    os.chmod(dest, 0o755)
+    return dest, _git(dest, "rev-parse", "HEAD")
+
+
+def _manifest(repo: Path, parent: str, changed: list[str]) -> Path:
+    return write_manifest(repo, parent, repo, changed, ["protected/"], out_path=repo.parent / "m" / "manifest.json")
+
+
+def test_write_manifest_hashes_parent_content(tmp_path: Path) -> None:
+    repo, parent = _candidate(tmp_path / "c")
+    (repo / "protected" / "budget.txt").write_text("budget=99999\n")  # edited after the parent commit
+    (repo / "protected" / "new.txt").write_text("x")
+    data = json.loads(_manifest(repo, parent, ["hrm/model.py"]).read_text())
+    assert data["changed_files"] == ["hrm/model.py"] and data["parent_commit"] == parent
+    assert data["protected"]["protected/budget.txt"] == hashlib.sha256(b"budget=60\n").hexdigest()
+    assert data["protected"]["protected/new.txt"] is None
+
+
+def test_stage_split_withholds_labels(data: Path, tmp_path: Path) -> None:
+    sealed = stage_split(data, "test", tmp_path / "sealed", with_labels=False)
+    names = sorted(p.name for p in (sealed / "test").iterdir())
+    assert "all__inputs.npy" in names and not any(n.endswith("__labels.npy") for n in names)
+    assert not (sealed / "train").exists()
+
+
+def test_full_cascade_on_the_real_hrm(data: Path, tmp_path: Path) -> None:
+    repo, parent = _candidate(tmp_path / "c", {"hrm/model.py": ('"""', '"""Candidate: a harmless docstring edit.\n', )})
+    events: list[tuple[str, int | None, str]] = []
+    result = run_cascade(
+        repo, REPO, data, tmp_path / "out", task="sudoku4", seeds=[0], budget_seconds=4, backend="local",
+        manifest=_manifest(repo, parent, ["hrm/model.py"]), threads=1,
+        progress=lambda stage, seed, status, run: events.append((stage, seed, status)),
+    )
+    assert result.ok, (result.failed_stage, result.reason, result.stages[-1].log_tail[-2000:])
+    assert [(s.stage, s.seed) for s in result.stages] == [
+        ("safety", None), ("smoke", None), ("trainability", None), ("train", 0), ("evaluate", 0)]
+    assert events[0] == ("safety", None, "start") and events[-1] == ("evaluate", 0, "ok")
+    assert len(result.scores["exact_accuracy"]) == 1 and 0.0 <= result.scores["token_accuracy"][0] <= 1.0
+    evaluate = result.stages[-1]
+    assert evaluate.metrics["labels_available"] is False  # labels never entered the sandbox
+    assert evaluate.metrics["count"] == 100
+    assert result.stages[2].metrics["loss_ratio"] <= 0.75
+    assert result.stages[3].metrics["budget_seconds"] == 4.0
+    json.dumps(result.to_dict())  # serialisable
+    assert "no network" in " ".join(result.isolation) or result.missing
+
+
+def test_subprocess_import_fails_safety(data: Path, tmp_path: Path) -> None:
+    repo, parent = _candidate(tmp_path / "c", {"hrm/model.py": ("import math\n", "import math\nimport subprocess\n")})
+    result = run_cascade(repo, REPO, data, tmp_path / "out", task="sudoku4", seeds=[0], budget_seconds=4,
+                         backend="local", manifest=_manifest(repo, parent, ["hrm/model.py"]))
+    assert not result.ok and result.failed_stage == "safety" and len(result.stages) == 1
+    assert "hrm/model.py:" in result.reason and "subprocess" in result.reason
+
+
+def test_protected_file_edit_fails_safety(data: Path, tmp_path: Path) -> None:
+    repo, parent = _candidate(tmp_path / "c", {"protected/budget.txt": ("60", "99999")})
+    result = run_cascade(repo, REPO, data, tmp_path / "out", task="sudoku4", seeds=[0], budget_seconds=4,
+                         backend="local", manifest=_manifest(repo, parent, ["protected/budget.txt"]))
+    assert result.failed_stage == "safety" and "protected/budget.txt" in result.reason
+
+
+def test_crashing_candidate_fails_at_smoke(data: Path, tmp_path: Path) -> None:
+    repo, _ = _candidate(tmp_path / "c", {"hrm/model.py": (
+        "        halted_in = carry.halted\n", "        raise RuntimeError('candidate forward exploded')\n")})
+    result = run_cascade(repo, REPO, data, tmp_path / "out", task="sudoku4", seeds=[0], budget_seconds=4,
+                         backend="local", stages=["smoke", "trainability"], threads=1)
+    assert result.failed_stage == "smoke" and "candidate forward exploded" in result.reason
+    assert result.stages[0].exit_code == 1 and not result.stages[0].timed_out
+
+
+def test_hanging_candidate_is_killed_at_its_timeout(data: Path, tmp_path: Path) -> None:
+    repo, _ = _candidate(tmp_path / "c", {"hrm/model.py": (
+        "        halted_in = carry.halted\n", "        while True:\n            pass\n")})
+    result = run_cascade(repo, REPO, data, tmp_path / "out", task="sudoku4", seeds=[0], budget_seconds=4,
+                         backend="local", stages=["smoke"], timeouts={"smoke": 10}, threads=1)
+    run = result.stages[0]
+    assert result.failed_stage == "smoke" and run.timed_out and "timed out" in result.reason
+    assert run.duration_s < 30
+
+
+def test_detached_model_fails_trainability(data: Path, tmp_path: Path) -> None:
+    repo, _ = _candidate(tmp_path / "c", {"hrm/model.py": (
+        "        z_L = self.L_level(z_L, z_H + x, cos_sin)\n        z_H = self.H_level(z_H, z_L, cos_sin)\n",
+        "        z_L = self.L_level(z_L, z_H + x, cos_sin).detach()\n        z_H = self.H_level(z_H, z_L, cos_sin)\n",
+    )})
+    result = run_cascade(repo, REPO, data, tmp_path / "out", task="sudoku4", seeds=[0], budget_seconds=4,
+                         backend="local", stages=["smoke", "trainability"], threads=1)
+    assert result.failed_stage == "trainability", result.reason
+    assert "L_level" in result.reason and "embed_tokens" in result.reason
+
+
+@pytest.mark.docker
+def test_smoke_through_docker(data: Path, tmp_path: Path) -> None:
+    reason = docker_unavailable_reason()
+    if reason:
+        if os.environ.get("HRM_EVOLVE_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"docker required: {reason}")
+        pytest.skip(reason)
+    repo, _ = _candidate(tmp_path / "c")
+    result = run_cascade(repo, REPO, data, tmp_path / "out", task="sudoku4", seeds=[0], budget_seconds=4,
+                         backend="docker", stages=["smoke"], threads=1)
+    assert result.ok, result.reason
+    assert result.stages[0].backend == "docker"
