@@ -296,12 +296,19 @@ class LossTracker:
 
 
 class ProgressDisplay:
-    """A rich progress bar over steps (or budget seconds); does nothing when disabled."""
+    """A rich progress bar over steps (or budget seconds); does nothing when disabled.
+
+    It redraws from the training thread at most every ``REFRESH_SECONDS``: rich's own refresh thread
+    competes with the training step for the GIL and slowed small-model steps several times over.
+    """
+
+    REFRESH_SECONDS = 1.0
 
     def __init__(self, enabled: bool, total_steps: int | None, budget: float | None, task: str) -> None:
         self._progress: Any = None
         self._task_id: Any = None
         self._by_steps = total_steps is not None or not budget
+        self._last_refresh = 0.0
         if not enabled:
             return
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -320,6 +327,7 @@ class ProgressDisplay:
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
             transient=False,
+            auto_refresh=False,
         )
         total = float(total_steps) if total_steps is not None else (float(budget) if budget else None)
         self._task_id = self._progress.add_task(f"train {task}", total=total, info="")
@@ -328,10 +336,17 @@ class ProgressDisplay:
     def update(self, step: int, elapsed: float, info: str) -> None:
         if self._progress is None:
             return
-        self._progress.update(self._task_id, completed=step if self._by_steps else elapsed, info=info)
+        now = time.monotonic()
+        refresh = now - self._last_refresh >= self.REFRESH_SECONDS
+        if refresh:
+            self._last_refresh = now
+        self._progress.update(
+            self._task_id, completed=step if self._by_steps else elapsed, info=info, refresh=refresh
+        )
 
     def close(self) -> None:
         if self._progress is not None:
+            self._progress.refresh()
             self._progress.stop()
 
 
