@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--seeds-sudoku6", type=int, nargs="+", default=[0])
     parser.add_argument("--skip-sudoku6", action="store_true")
+    parser.add_argument("--trainability-only", action="store_true", help="only the 100-step run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="work directory (default: a temporary one)")
     args = parser.parse_args()
@@ -80,7 +81,11 @@ def main() -> None:
     b6 = args.budget or args.budget_sudoku6
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-hrm-"))
     console.print(f"work directory: {root}")
+    mean6 = float("nan")
 
+    if args.trainability_only:
+        report_trainability(trainability(root, args.threads))
+        return
     rows: list[tuple[str, str, str, str, str]] = []
     s4 = accuracy_bar("sudoku4", b4, args.seeds, root, args.threads)
     for r in s4:
@@ -106,6 +111,10 @@ def main() -> None:
         console.print(
             f"sudoku6 {b6:g} s: mean held-out exact accuracy {mean6:.3f} over seeds {args.seeds_sudoku6}"
         )
+    report_trainability(check)
+
+
+def report_trainability(check: dict[str, Any]) -> None:
     ratio = check["lm_loss_100"] / check["lm_loss_20"]
     console.print(
         f"100-step trainability run (sudoku4, lr 1e-3): {check['seconds']:.1f} s of training; lm loss "
