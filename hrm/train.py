@@ -483,13 +483,16 @@ def train(
     progress: bool = True,
     device: torch.device | str | None = None,
     on_step: StepCallback | None = None,
+    evaluate_at_end: bool = True,
 ) -> dict[str, Any]:
     """Train ``run`` into ``out_dir`` and return the final summary (also written to ``metrics.json``).
 
     ``budget_seconds``, ``max_steps`` and ``seed`` override the run's ``train`` fields when given. At least
     one of max_steps, epochs and budget_seconds must be set. ``on_step`` is called after every step with
     the step's train record; returning True stops the run as ``interrupted`` (checkpoint saved, no final
-    evaluation), as SIGINT/SIGTERM do.
+    evaluation), as SIGINT/SIGTERM do. ``evaluate_at_end=False`` skips the closing evaluation (a harness
+    that scores the checkpoint itself); the accuracy keys are then those of the last periodic evaluation,
+    or None.
 
     Summary keys: exact_accuracy, token_accuracy, mean_act_steps, q_halt_accuracy, eval_count, eval_split,
     steps, epochs, seconds (training only), eval_seconds, steps_per_second, stop_reason, seed, task, config,
@@ -738,15 +741,16 @@ def train(
                     "task": run.task,
                 }
 
-            if last_eval is None or last_eval["step"] != step:
+            if evaluate_at_end and (last_eval is None or last_eval["step"] != step):
                 last_eval = run_eval()
+            ev = last_eval or {}
             final: dict[str, Any] = {
-                "exact_accuracy": last_eval["exact_accuracy"],
-                "token_accuracy": last_eval["token_accuracy"],
-                "mean_act_steps": last_eval["mean_act_steps"],
-                "q_halt_accuracy": last_eval["q_halt_accuracy"],
-                "eval_count": last_eval["count"],
-                "eval_split": last_eval["split"],
+                "exact_accuracy": ev.get("exact_accuracy"),
+                "token_accuracy": ev.get("token_accuracy"),
+                "mean_act_steps": ev.get("mean_act_steps"),
+                "q_halt_accuracy": ev.get("q_halt_accuracy"),
+                "eval_count": ev.get("count"),
+                "eval_split": ev.get("split"),
                 "steps": step,
                 "epochs": stream.epoch,
                 "seconds": elapsed,

@@ -254,3 +254,13 @@ def test_data_cache_and_direct_dataset_dir(tmp_path: Path, data_cache: Path) -> 
     (only_train / "identifiers.json").symlink_to(root / "identifiers.json")
     result = train(run, tmp_path / "run", data_dir=only_train, max_steps=2, seed=0, progress=False)
     assert result["eval_split"] == "train" and result["dataset"] == str(only_train)
+
+
+def test_no_final_evaluation_when_the_harness_scores_the_checkpoint(tmp_path: Path, data_cache: Path) -> None:
+    out = tmp_path / "run"
+    result = train(
+        tiny_run(), out, data_dir=data_cache, max_steps=2, seed=0, progress=False, evaluate_at_end=False
+    )
+    assert result["steps"] == 2 and result["exact_accuracy"] is None and result["eval_seconds"] == 0.0
+    assert all(r["type"] == "train" for r in read_jsonl(out / "metrics.jsonl"))
+    assert json.loads((out / "metrics.json").read_text())["token_accuracy"] is None
