@@ -6,6 +6,7 @@ counts comes from the evaluate stage."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,17 @@ def run_train(data_dir: Path, out_dir: Path, task: str, seed: int, budget_second
     from hrm.train import train
 
     run = get_preset(task)
+    # The harness scores the checkpoint itself (evaluate stage): no evaluation while or after training, so
+    # the wall clock goes to training.
+    run.train.eval_interval_steps = None
     train_dir = Path(out_dir) / "train"
     train_dir.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
+    if "evaluate_at_end" in inspect.signature(train).parameters:
+        extra["evaluate_at_end"] = False
     returned = train(
-        run, train_dir, data_dir=Path(data_dir), budget_seconds=float(budget_seconds), seed=int(seed), progress=False
+        run, train_dir, data_dir=Path(data_dir), budget_seconds=float(budget_seconds), seed=int(seed),
+        progress=False, **extra,
     )
     metrics_path = train_dir / "metrics.json"
     require(metrics_path.is_file(), f"the trainer wrote no {metrics_path}")
@@ -40,6 +48,6 @@ def run_train(data_dir: Path, out_dir: Path, task: str, seed: int, budget_second
         "returned_keys": sorted(returned) if isinstance(returned, dict) else None,
     }
     for key in REPORTED:
-        if key in written:
+        if written.get(key) is not None:
             out[f"claimed_{key}"] = written[key]
     return out
