@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from evolver.prompt import Prompt, prompt_hash
 from evolver.providers.cache import ReplyCache
@@ -219,6 +221,22 @@ class Provider(ABC):
 
     def unreachable_hint(self) -> str:
         return "start the server"
+
+    def ping(self, timeout: float = 5.0) -> None:
+        """Fail fast, before any compute is spent, when the server does not accept connections."""
+        url = urlsplit(self.endpoint())
+        if url.scheme not in ("http", "https") or not url.hostname:
+            return
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            with socket.create_connection((url.hostname, port), timeout=timeout):
+                pass
+        except OSError as exc:
+            self._stats.fail("unreachable")
+            raise ProviderError(
+                f"{self.name}: cannot reach {self.endpoint()} ({exc.strerror or exc}); {self.unreachable_hint()}",
+                kind="unreachable",
+            ) from exc
 
     # -- public -------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
