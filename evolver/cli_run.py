@@ -56,6 +56,8 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--backend", choices=["auto", "docker", "local"], default=None)
     p.add_argument("--gpus", action="store_true", default=None, help="pass GPUs into the sandbox")
     p.add_argument("--margin", type=float, default=None, help="minimum mean gain to merge (default 0.01)")
+    p.add_argument("--metric", choices=["exact_accuracy", "token_accuracy"], default=None,
+                   help="held-out score the merge rule compares (default exact_accuracy)")
     p.add_argument("--literature", choices=["auto", "snapshot", "off"], default=None)
     p.add_argument("--resume", metavar="RUN_ID", default=None, help="continue an interrupted run")
     p.set_defaults(handler=cmd_run)
@@ -69,7 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console()
     root = repo_toplevel(args.repo)
     keys = ("provider", "model", "host", "fallback_provider", "task", "seeds", "budget_seconds", "cycles",
-            "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "literature")
+            "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "metric",
+            "literature")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     # A second Ctrl-C while the loop is cleaning up should not leave a half-written record: the loop catches
     # the first one; SIGTERM is turned into the same clean stop.

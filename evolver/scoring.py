@@ -33,7 +33,7 @@ _NORMAL_QUANTILES = {0.80: 0.8416, 0.90: 1.2816, 0.95: 1.6449}
 
 RULE_TEXT = (
     "merge iff mean paired gain > margin AND one-sided {conf:.0%} lower bound of the mean gain > 0 "
-    "(gains = candidate - baseline exact accuracy on the same seeds and budget)"
+    "(gains = candidate - baseline held-out score on the same seeds and budget)"
 )
 
 

@@ -25,6 +25,7 @@ class Settings:
     cycles: int = 3  # 0 = until --max-runtime or Ctrl-C
     max_runtime_seconds: float | None = None
     interval_seconds: float = 0.0  # pause between cycles
+    metric: str = "exact_accuracy"  # or "token_accuracy": a denser signal for very short budgets
     margin: float = 0.01
     confidence: float = 0.90
     backend: str = "auto"  # auto | docker | local
@@ -32,6 +33,7 @@ class Settings:
     gpus: bool = False
     memory_mb: int = 6144
     cpus: float = 2.0
+    threads: int = 2  # torch threads inside the sandbox
     min_free_disk_gb: float = 2.0
     min_free_memory_gb: float = 1.0
     auto_apply: bool = False

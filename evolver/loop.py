@@ -1,0 +1,480 @@
+"""The evolution loop behind `python evolve.py`: baseline, then propose -> apply -> cascade -> compare -> merge.
+
+Crash safety: every step that matters is written before the next one starts, and the order makes a resumed
+run (`--resume RUN_ID`) redo only unfinished work:
+
+1. the run's settings (`<state>/runs/<run-id>/run.json`), then the baseline scores (cached by the tree of
+   `hrm/`, the task, the budget, the seeds and the harness version);
+2. per candidate: the proposal and its diff are committed on the run branch, then the cascade runs, then
+   `result.json` is committed. A candidate with a stored proposal but no result is re-run on resume; one
+   with a result is never redone. A merge happens before its result is stored, and resume finishes a
+   merge that was interrupted between the two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from evolver.cascade import ALL_STAGES, CascadeResult, StageRun, run_cascade, write_manifest
+from evolver.display import LoopDisplay
+from evolver.literature import literature_context
+from evolver.patch import EditError, apply_edits
+from evolver.paths import PROTECTED_PATHS, PathPolicy, PathRejected
+from evolver.prompt import HistoryItem, build_prompt
+from evolver.providers import ProviderError, get_provider
+from evolver.providers.base import Provider
+from evolver.record import EvolutionRecord, MergeConflict, RecordError
+from evolver.repo_summary import build_repo_summary
+from evolver.resources import check_resources
+from evolver.scoring import compare
+from evolver.settings import Settings
+from evolver.store import ProposalStore
+from proposals.schema import Proposal, proposal_json_schema
+from sandbox import get_backend
+
+ENGINE_ROOT = Path(__file__).resolve().parent.parent  # holds smoketests/, the trusted harness
+HARNESS_VERSION = "1"  # bump when the harness's scoring changes: invalidates cached baselines
+
+
+class StopRun(Exception):
+    """A reason to end the run cleanly (LLM unreachable without fallback, baseline broken, ...)."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@dataclass
+class Baseline:
+    commit: str
+    tree: str
+    seeds: list[int]
+    scores: list[float]
+    seconds: float
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"commit": self.commit, "tree": self.tree, "seeds": self.seeds, "scores": self.scores,
+                "seconds": self.seconds}
+
+
+@dataclass
+class CycleOutcome:
+    proposal_id: str | None
+    verdict: str
+    reason: str = ""
+    score: float | None = None
+    delta: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class EvolutionLoop:
+    """One evolution run over the repository at `repo`, recorded on `evolve/<run-id>/best`."""
+
+    def __init__(self, repo: Path, settings: Settings, *, run_id: str | None = None,
+                 display: LoopDisplay | None = None, harness_dir: Path = ENGINE_ROOT,
+                 provider: Provider | None = None) -> None:
+        self.repo = Path(repo).resolve()
+        self.settings = settings
+        self.state = settings.state_path(self.repo)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.display = display or LoopDisplay(live=False)
+        self.harness_dir = Path(harness_dir)
+        self.record = EvolutionRecord(self.repo, run_id)
+        self.store = ProposalStore(self.record)
+        self.run_id = self.record.run_id
+        self.run_dir = self.state / "runs" / self.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.policy = PathPolicy(allowed=tuple(settings.allowed_paths), protected=PROTECTED_PATHS)
+        self._provider = provider
+        self._backend = None
+        self.baseline: Baseline | None = None
+        self.outcomes: list[CycleOutcome] = []
+        self.stop_reason: str | None = None
+        self._save_run_settings()
+
+    # ------------------------------------------------------------------ setup
+    def _save_run_settings(self) -> None:
+        path = self.run_dir / "run.json"
+        if path.exists() and self.record.resumed:
+            stored = json.loads(path.read_text())
+            for key in ("task", "seeds", "budget_seconds", "margin", "confidence"):
+                if key in stored.get("settings", {}) and stored["settings"][key] != getattr(self.settings, key):
+                    self.display.log(f"[yellow]resume:[/] keeping the run's {key}={stored['settings'][key]!r} "
+                                     f"(ignoring {getattr(self.settings, key)!r})")
+                    setattr(self.settings, key, stored["settings"][key])
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"run_id": self.run_id, "settings": self.settings.to_dict(),
+                                   "started": _now()}, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @property
+    def provider(self) -> Provider:
+        if self._provider is None:
+            s = self.settings
+            self._provider = get_provider(s.provider, model=s.model, host=s.host,
+                                          cache_dir=self.state / "llm-cache")
+        return self._provider
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            self._backend = get_backend(self.settings.backend, image=self.settings.image,
+                                        warn=lambda m: self.display.log(f"[yellow]sandbox:[/] {m}"))
+        return self._backend
+
+    def data_dir(self) -> Path:
+        """The task's dataset, built once by the trusted code of the run's base (hrm/data is protected)."""
+        base = self.record.run_worktree()
+        data_tree = _git(["rev-parse", "HEAD:hrm/data"], base)
+        out = self.state / "data" / f"{self.settings.task}-{data_tree[:12]}"
+        if (out / "test" / "dataset.json").exists() and (out / "train" / "dataset.json").exists():
+            return out
+        self.display.stage("data", f"building the {self.settings.task} dataset")
+        tmp = out.with_name(out.name + ".tmp")
+        subprocess.run([sys.executable, "-m", "hrm", "data", "build", "--task", self.settings.task,
+                        "--out", str(tmp), "--seed", "0"], cwd=base, check=True, capture_output=True, text=True)
+        if out.exists():
+            raise StopRun(f"dataset directory {out} exists but is incomplete; remove it and restart")
+        os.replace(tmp, out)
+        return out
+
+    # ------------------------------------------------------------------ measuring
+    def _hrm_tree(self, rev: str) -> str:
+        return _git(["rev-parse", f"{rev}:hrm"], self.repo)
+
+    def _baseline_key(self, tree: str) -> str:
+        s = self.settings
+        raw = json.dumps([tree, s.task, s.budget_seconds, s.seeds, s.metric, HARNESS_VERSION])
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    def _cascade(self, worktree: Path, out: Path, stages: tuple[str, ...], changed: list[str],
+                 parent: str) -> CascadeResult:
+        s = self.settings
+        out.mkdir(parents=True, exist_ok=True)
+        protected = [p for p in PROTECTED_PATHS if not p.startswith(".git")]
+        manifest = write_manifest(self.repo, parent, worktree, changed, protected, out_path=out / "manifest.json")
+        result = run_cascade(
+            worktree, self.harness_dir, self.data_dir(), out,
+            task=s.task, seeds=list(s.seeds), budget_seconds=s.budget_seconds, backend=self.backend,
+            stages=stages, manifest=manifest, gpus=s.gpus, memory_mb=s.memory_mb, cpus=s.cpus,
+            threads=s.threads, label=self.run_id, progress=self._on_stage,
+        )
+        result.save(out / "cascade.json")
+        return result
+
+    def _on_stage(self, stage: str, seed: int | None, status: str, run: StageRun | None) -> None:
+        where = f"seed {seed}" if seed is not None else ""
+        if status == "start":
+            expected = self.settings.budget_seconds if stage == "train" else None
+            self.display.stage(stage, where, expected)
+        elif run is not None and not run.ok:
+            self.display.log(f"[red]{stage} {where} failed:[/] {run.reason[:300]}")
+
+    def measure_baseline(self) -> Baseline:
+        best = self.record.best_commit()
+        tree = self._hrm_tree(best)
+        cache = self.state / "baselines" / f"{self._baseline_key(tree)}.json"
+        if cache.exists():
+            data = json.loads(cache.read_text())
+            self.baseline = Baseline(best, tree, data["seeds"], data["scores"], data["seconds"], cached=True)
+            return self.baseline
+        self.display.stage("baseline", f"measuring {best[:10]} on seeds {self.settings.seeds}")
+        out = self.run_dir / "baseline" / tree[:12]
+        result = self._cascade(self.record.run_worktree(), out, ("train", "evaluate"), [], best)
+        if not result.ok:
+            raise StopRun(f"the baseline itself failed at stage {result.failed_stage}: {result.reason}")
+        scores = [float(x) for x in result.scores[self.settings.metric]]
+        self.baseline = Baseline(best, tree, list(self.settings.seeds), scores, result.seconds)
+        self._cache_baseline(self.baseline)
+        return self.baseline
+
+    def _cache_baseline(self, b: Baseline) -> None:
+        cache = self.state / "baselines" / f"{self._baseline_key(b.tree)}.json"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(b.to_dict(), indent=2) + "\n")
+        os.replace(tmp, cache)
+
+    # ------------------------------------------------------------------ proposing
+    def _history(self) -> list[HistoryItem]:
+        items = []
+        for pid in self.store.ids():
+            result = self.store.result(pid) or {}
+            proposal = self.store.proposal(pid) or {}
+            verdict = result.get("verdict", "unfinished")
+            if result.get("failed_stage"):
+                verdict = f"{verdict} at {result['failed_stage']}: {str(result.get('reason', ''))[:120]}"
+            score = (result.get("comparison") or {}).get("mean_gain")
+            items.append(HistoryItem(pid, str(proposal.get("title", pid)), verdict,
+                                     None if score is None else float(score)))
+        return items
+
+    def _unique_id(self, pid: str) -> str:
+        taken = set(self.record.candidate_ids()) | set(self.store.ids())
+        if pid not in taken:
+            return pid
+        for i in range(2, 1000):
+            cand = f"{pid[:60]}-{i}"
+            if cand not in taken:
+                return cand
+        raise StopRun(f"cannot find a free id for proposal {pid!r}")
+
+    def propose(self, cycle: int) -> tuple[Proposal, dict[str, Any]]:
+        s = self.settings
+        self.display.stage("propose", f"asking {s.provider} for a proposal")
+        worktree = self.record.run_worktree()
+        history = self._history()
+        summary = build_repo_summary(worktree, policy=self.policy,
+                                     best_score=_mean(self.baseline.scores) if self.baseline else None,
+                                     tried=history)
+        papers = [] if s.literature == "off" else literature_context(
+            8, state_dir=self.state / "literature", offline=(s.literature == "snapshot"))
+        prompt = build_prompt(summary, papers, history, proposal_json_schema(), seed=cycle)
+        started = time.monotonic()
+        try:
+            reply = self.provider.propose(prompt)
+        except ProviderError as exc:
+            if not self._fall_back(exc):
+                raise
+            reply = self.provider.propose(prompt)
+        proposal = reply.proposal
+        provenance = proposal.provenance.model_copy(update={"parent_commit": self.record.best_commit()})
+        proposal = proposal.model_copy(update={"id": self._unique_id(proposal.id), "provenance": provenance})
+        info = {"llm_seconds": time.monotonic() - started, "attempts": reply.attempts, "cached": reply.cached,
+                "tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out}
+        return proposal, info
+
+    # ------------------------------------------------------------------ one candidate
+    def evaluate_candidate(self, proposal: Proposal, cycle: int, info: dict[str, Any]) -> CycleOutcome:
+        pid = proposal.id
+        timings: dict[str, float] = {"llm": float(info.get("llm_seconds", 0.0))}
+        result: dict[str, Any] = {"proposal_id": pid, "run_id": self.run_id, "cycle": cycle,
+                                  "title": proposal.title, "started": _now(), "provider": info,
+                                  "citations": [c.arxiv_id for c in proposal.citations]}
+        self.display.upsert({"id": pid, "cycle": cycle, "title": proposal.title, "stage": "apply",
+                             "verdict": "running"})
+        self.display.stage("apply", f"{pid}: {len(proposal.edits)} edit(s)")
+        t0 = time.monotonic()
+        cand = self.record.create_candidate(pid)
+        try:
+            applied = apply_edits(cand.path, list(proposal.edits), self.policy)
+        except (EditError, PathRejected) as exc:
+            timings["patch"] = time.monotonic() - t0
+            self.record.discard_candidate(cand)
+            self.store.save_proposal(proposal)
+            return self._finish(result, "invalid", "apply", str(exc), timings)
+        sha = self.record.commit_candidate(cand, proposal)
+        diff = self.record.diff(cand)
+        self.store.save_proposal(proposal, diff)
+        timings["patch"] = time.monotonic() - t0
+        result.update(candidate_commit=sha, parent=cand.parent, branch=cand.branch,
+                      edits=[getattr(a, "__dict__", str(a)) for a in applied])
+        return self._run_candidate(cand, proposal, result, timings)
+
+    def _run_candidate(self, cand: Any, proposal: Proposal, result: dict[str, Any],
+                       timings: dict[str, float]) -> CycleOutcome:
+        s = self.settings
+        pid = cand.proposal_id
+        assert self.baseline is not None
+        changed = sorted({e.file for e in proposal.edits})
+        out = self.run_dir / "candidates" / pid
+        cascade = self._cascade(cand.path, out, ALL_STAGES, changed, cand.parent)
+        result["stages"] = cascade.to_dict()["stages"]
+        for run in cascade.stages:
+            timings[run.stage] = timings.get(run.stage, 0.0) + float(run.duration_s)
+        try:
+            if not cascade.ok:
+                self.record.record_result(cand, f"failed:{cascade.failed_stage}", reason=cascade.reason)
+                where = cascade.failed_stage if cascade.failed_seed is None else (
+                    f"{cascade.failed_stage} (seed {cascade.failed_seed})")
+                return self._finish(result, "failed", cascade.failed_stage, f"{where}: {cascade.reason}", timings)
+            comp = compare(list(s.seeds), self.baseline.scores, [float(x) for x in cascade.scores[s.metric]],
+                           margin=s.margin, confidence=s.confidence)
+            result["comparison"] = comp.to_dict()
+            result["baseline"] = self.baseline.to_dict()
+            scores = {"score": statistics.fmean(comp.candidate), "delta": comp.mean_gain,
+                      "baseline": statistics.fmean(comp.baseline)}
+            if comp.lower_bound is not None:
+                scores["lower_bound"] = comp.lower_bound
+            if comp.verdict == "merge" and s.auto_apply:
+                try:
+                    merge = self.record.merge_candidate(cand, scores, metrics={"rule": comp.rule,
+                                                                              "reason": comp.reason})
+                except MergeConflict as exc:
+                    self.record.record_result(cand, "rejected", scores, reason=str(exc))
+                    return self._finish(result, "rejected", None, str(exc), timings, comp)
+                result["merge_commit"] = merge
+                self._adopt(cand, comp.candidate)
+                return self._finish(result, "merged", None, comp.reason, timings, comp)
+            if comp.verdict == "merge":
+                self.record.record_result(cand, "pending-review", scores, reason=comp.reason)
+                return self._finish(result, "pending-review", None,
+                                    comp.reason + "; run `python evolve.py review` to approve", timings, comp)
+            verdict = "inconclusive" if comp.verdict == "inconclusive" else "rejected"
+            self.record.record_result(cand, verdict, scores, reason=comp.reason)
+            return self._finish(result, verdict, None, comp.reason, timings, comp)
+        finally:
+            self.record.remove_candidate(cand)
+
+    def _adopt(self, cand: Any, scores: list[float]) -> None:
+        """A merged candidate is the new best; its scores, measured under the same seeds and budget, are the
+        new baseline (the merge commit's hrm/ tree equals the candidate's)."""
+        best = self.record.best_commit()
+        self.baseline = Baseline(best, self._hrm_tree(best), list(self.settings.seeds), list(scores), 0.0)
+        self._cache_baseline(self.baseline)
+
+    def _finish(self, result: dict[str, Any], verdict: str, failed_stage: str | None, reason: str,
+                timings: dict[str, float], comp: Any = None) -> CycleOutcome:
+        result.update(verdict=verdict, failed_stage=failed_stage, reason=reason, timings=timings,
+                      finished=_now())
+        result["non_training_share"] = _non_training_share(timings)
+        self.store.save_result(result["proposal_id"], result)
+        score = _mean(comp.candidate) if comp is not None else None
+        delta = comp.mean_gain if comp is not None else None
+        outcome = CycleOutcome(result["proposal_id"], verdict, reason, score, delta, timings)
+        self.display.upsert({"id": outcome.proposal_id, "stage": failed_stage or "done", "verdict": verdict,
+                             "score": score, "delta": delta, "reason": reason})
+        self.outcomes.append(outcome)
+        return outcome
+
+    # ------------------------------------------------------------------ resume
+    def resume_unfinished(self) -> None:
+        """Finish candidates an interrupted run left: stored proposal without result."""
+        for pid in self.store.ids():
+            if self.store.result(pid) is not None:
+                continue
+            stored = self.store.proposal(pid)
+            if stored is None:
+                continue
+            proposal = Proposal.model_validate(stored)
+            ids = set(self.record.candidate_ids())
+            self.display.log(f"resume: finishing candidate {pid}")
+            if pid in ids:
+                info = self.record.candidate_info(pid)
+                if info.merged:  # merged, result not yet written
+                    self._adopt(self.record.open_candidate(pid), [])
+                if info.committed:
+                    cand = self.record.open_candidate(pid)
+                    result = {"proposal_id": pid, "run_id": self.run_id, "cycle": len(self.store.ids()),
+                              "title": proposal.title, "started": _now(), "resumed": True,
+                              "citations": [c.arxiv_id for c in proposal.citations],
+                              "candidate_commit": info.tip, "parent": info.parent, "branch": info.branch}
+                    self._run_candidate(cand, proposal, result, {})
+                    continue
+                self.record.discard_candidate(self.record.open_candidate(pid))
+            self.evaluate_candidate(proposal, len(self.store.ids()), {"resumed": True})
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> list[CycleOutcome]:
+        s = self.settings
+        started = time.monotonic()
+        d = self.display
+        d.set_header(run=self.run_id, provider=s.provider, task=s.task, seeds=s.seeds,
+                     budget=f"{s.budget_seconds:g}s")
+        try:
+            self._preflight()
+            self.measure_baseline()
+            assert self.baseline is not None
+            d.set_header(baseline=f"{statistics.fmean(self.baseline.scores):.3f}")
+            d.log(f"baseline {self.baseline.commit[:10]}: {s.metric} per seed {self.baseline.scores}"
+                  + (" (cached)" if self.baseline.cached else ""))
+            if self.record.resumed:
+                self.resume_unfinished()
+            cycle = len(self.store.ids())
+            done = 0
+            while True:
+                reason = self._stop_reason(done, started)
+                if reason:
+                    self.stop_reason = reason
+                    break
+                cycle += 1
+                done += 1
+                d.set_header(cycle=f"{done}/{s.cycles or 'inf'}")
+                self._one_cycle(cycle)
+                if s.interval_seconds > 0:
+                    d.stage("wait", f"{s.interval_seconds:g}s before the next cycle")
+                    time.sleep(s.interval_seconds)
+        except KeyboardInterrupt:
+            self.stop_reason = (f"interrupted; nothing recorded is lost. Resume with: "
+                                f"python evolve.py --resume {self.run_id}")
+        except StopRun as exc:
+            self.stop_reason = str(exc)
+        finally:
+            self.record.close()
+        return self.outcomes
+
+    def _preflight(self) -> None:
+        """Check the LLM server answers before spending minutes on the baseline."""
+        try:
+            self.provider.ping()
+        except ProviderError as exc:
+            if not self._fall_back(exc):
+                raise StopRun(f"LLM provider {self.settings.provider}: {exc}") from exc
+
+    def _fall_back(self, exc: ProviderError) -> bool:
+        """Switch to the configured fallback provider when the LLM server is unreachable."""
+        s = self.settings
+        if exc.kind != "unreachable" or not s.fallback_provider or s.fallback_provider == s.provider:
+            return False
+        self.display.log(f"[yellow]{exc}[/]\nfalling back to the {s.fallback_provider} provider")
+        s.provider, self._provider = s.fallback_provider, None
+        self.display.set_header(provider=s.provider)
+        return True
+
+    def _stop_reason(self, done: int, started: float) -> str | None:
+        s = self.settings
+        if s.cycles and done >= s.cycles:
+            return f"finished {done} cycle(s)"
+        if s.max_runtime_seconds and time.monotonic() - started >= s.max_runtime_seconds:
+            return f"reached --max-runtime {s.max_runtime_seconds:g}s"
+        return check_resources(self.state, s.min_free_disk_gb, s.min_free_memory_gb)
+
+    def _one_cycle(self, cycle: int) -> None:
+        try:
+            proposal, info = self.propose(cycle)
+        except ProviderError as exc:
+            if exc.kind in ("unreachable", "config", "cache_miss"):
+                raise StopRun(f"LLM provider {self.settings.provider}: {exc}") from exc
+            self._record_failed_proposal(cycle, str(exc))
+            return
+        try:
+            self.evaluate_candidate(proposal, cycle, info)
+        except RecordError as exc:
+            self.display.log(f"[red]record error for {proposal.id}:[/] {exc}")
+            self.outcomes.append(CycleOutcome(proposal.id, "failed", str(exc)))
+
+    def _record_failed_proposal(self, cycle: int, reason: str) -> None:
+        """A reply that never became a valid proposal: logged in the run's state, shown, and the loop goes on."""
+        entry = {"cycle": cycle, "time": _now(), "provider": self.settings.provider, "reason": reason}
+        with open(self.run_dir / "failed_proposals.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.display.upsert({"id": f"cycle-{cycle}", "cycle": cycle, "stage": "propose", "verdict": "invalid",
+                             "reason": reason})
+        self.outcomes.append(CycleOutcome(None, "invalid", reason))
+
+
+def _non_training_share(timings: dict[str, float]) -> float | None:
+    total = sum(timings.values())
+    if not total:
+        return None
+    return 1 - sum(v for k, v in timings.items() if k in ("train", "evaluate")) / total
+
