@@ -27,6 +27,10 @@ How edits work (each edit names a repository-relative `file`):
 - add_import {file, module, name, alias}: add `from module import name as alias` (name/alias may be null).
 - delete_symbol {file, target}: remove a function, class or assignment.
 - search_replace {file, search, replace}: `search` must match exactly one place in the file.
+Each task's hyperparameters are set explicitly in hrm/presets.py (e.g. `_cpu_model`, `_cpu_train`): a
+ModelConfig/TrainConfig default in hrm/config.py only matters for fields a preset leaves unset, so change
+the preset when you mean the task's value. hrm/evaluate.py and hrm/data/ are fixed (the metric and the
+held-out split) and cannot be edited; the training budget is set by the harness.
 Every target must exist exactly once; code must be valid Python for the current file. Prefer whole-function
 replacement over textual search/replace. Keep the change focused: one idea, at most a few edits.
 Ground the idea in the literature: cite arXiv ids ONLY from the list you are given.
