@@ -370,8 +370,16 @@ class EvolutionLoop:
             self.display.log(f"resume: finishing candidate {pid}")
             if pid in ids:
                 info = self.record.candidate_info(pid)
-                if info.merged:  # merged, result not yet written
-                    self._adopt(self.record.open_candidate(pid), [])
+                if info.merged:
+                    # The merge landed before the crash; the baseline measured at start is already the merged
+                    # best's (cached by its hrm/ tree, or re-measured). Only the result file is missing.
+                    note = info.note or {}
+                    self.store.save_result(pid, {
+                        "proposal_id": pid, "run_id": self.run_id, "title": proposal.title, "verdict": "merged",
+                        "failed_stage": None, "scores": note.get("scores", {}), "finished": _now(),
+                        "reason": "merged before an interruption; result recovered on resume",
+                        "candidate_commit": info.tip, "parent": info.parent, "branch": info.branch})
+                    continue
                 if info.committed:
                     cand = self.record.open_candidate(pid)
                     result = {"proposal_id": pid, "run_id": self.run_id, "cycle": len(self.store.ids()),

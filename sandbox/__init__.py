@@ -7,7 +7,7 @@ from pathlib import Path
 from sandbox.spec import DEFAULT_IMAGE, Backend, Mount, SandboxResult, SandboxSpec, Warn
 
 __all__ = ["DEFAULT_IMAGE", "Backend", "Mount", "SandboxResult", "SandboxSpec", "docker_unavailable_reason",
-           "get_backend"]
+           "get_backend", "local_unavailable_reason"]
 
 
 def docker_unavailable_reason(image: str = DEFAULT_IMAGE) -> str | None:
@@ -24,6 +24,13 @@ def docker_unavailable_reason(image: str = DEFAULT_IMAGE) -> str | None:
     except Exception:
         return f"the sandbox image {image} is not built (python -m sandbox.image build)"
     return None
+
+
+def local_unavailable_reason() -> str | None:
+    """None when the local backend can run candidates here; otherwise why it refuses (root, no bubblewrap)."""
+    from sandbox.local_backend import LocalBackend
+
+    return LocalBackend().refusal_reason()
 
 
 def get_backend(kind: str = "auto", *, image: str = DEFAULT_IMAGE, warn: Warn | None = None) -> Backend:

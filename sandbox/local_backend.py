@@ -114,6 +114,14 @@ class LocalBackend:
                         "read-only inputs (only file modes protect them)"]
         return isolation, missing
 
+    def refusal_reason(self) -> str | None:
+        """Why every run would be refused on this host (root without bubblewrap), or None."""
+        uid, gid = sandbox_ids()
+        if self.bwrap or self.allow_root or not self._drop_uid(uid) or self._no_bwrap_can_drop(uid, gid):
+            return None
+        return (f"refusing to run the candidate as root: without bubblewrap uid {uid} cannot reach {self.python}; "
+                "install bubblewrap (apt-get install bubblewrap), use Docker, or pass allow_root=True")
+
     def _no_bwrap_can_drop(self, uid: int, gid: int) -> bool:
         return _reachable_by(Path(self.python), uid, gid)
 
@@ -230,11 +238,10 @@ class LocalBackend:
             env = {k: self._host_path(spec, v) for k, v in env.items()}
             cwd = self._host_path(spec, spec.workdir)
             setuid_here = self._drop_uid(uid) and self._no_bwrap_can_drop(uid, gid)
-            if self._drop_uid(uid) and not setuid_here and not self.allow_root:
+            refusal = self.refusal_reason()
+            if refusal is not None:
                 return SandboxResult(None, False, False, 0.0, time.monotonic() - t_begin, "", self.name, isolation,
-                                     missing, error=(f"refusing to run the candidate as root: without bubblewrap "
-                                                     f"uid {uid} cannot reach {self.python}; install bubblewrap, "
-                                                     "use Docker, or pass allow_root=True"))
+                                     missing, error=refusal)
         log_fd, log_path = tempfile.mkstemp(prefix="hrm-evolve-sandbox-", suffix=".log")
         timed_out = False
         exit_code: int | None = None

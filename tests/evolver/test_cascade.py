@@ -15,6 +15,8 @@ import pytest
 from evolver.cascade import run_cascade, stage_split, write_manifest
 from sandbox import docker_unavailable_reason
 
+pytestmark = pytest.mark.usefixtures("require_local_sandbox")
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -22,6 +22,8 @@ from evolver.loop import EvolutionLoop
 from evolver.settings import Settings
 from tests.evolver.fake_llm_server import Step, scripted_server, valid_proposal
 
+pytestmark = pytest.mark.usefixtures("require_local_sandbox")
+
 PROJECT = Path(__file__).resolve().parents[2]
 EVOLVE = PROJECT / "evolve.py"
 
@@ -168,3 +170,30 @@ def test_unreachable_llm_falls_back_when_configured(repo: Path) -> None:
     loop = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
     loop._preflight()
     assert loop.settings.provider == "offline" and loop.provider.name == "offline"
+
+
+def test_interrupted_candidate_is_finished_on_resume_without_redoing_the_baseline(repo: Path) -> None:
+    settings = _settings(provider="offline", seeds=[0], budget_seconds=3.0, cycles=1, metric="exact_accuracy")
+    first = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
+    first.measure_baseline()
+    # Crash point: the proposal is applied, committed and stored, the cascade never ran.
+    proposal, _ = first.propose(1)
+    cand = first.record.create_candidate(proposal.id)
+    from evolver.patch import apply_edits
+
+    apply_edits(cand.path, list(proposal.edits), first.policy)
+    first.record.commit_candidate(cand, proposal)
+    first.store.save_proposal(proposal, first.record.diff(cand))
+    assert first.store.result(proposal.id) is None
+    first.record.close()
+
+    resumed_settings = _settings(provider="offline", seeds=[0], budget_seconds=3.0, cycles=0,
+                                 max_runtime_seconds=0.001, metric="exact_accuracy")
+    second = EvolutionLoop(repo, resumed_settings, run_id=first.run_id, display=LoopDisplay(live=False))
+    outcomes = second.run()
+    assert second.baseline is not None and second.baseline.cached
+    assert [o.proposal_id for o in outcomes] == [proposal.id]
+    result = second.store.result(proposal.id)
+    assert result is not None and result["verdict"] == "inconclusive"  # one seed: never merged
+    assert [s["stage"] for s in result["stages"]][:2] == ["safety", "smoke"]
+    assert second.store.ids() == [proposal.id]  # nothing redone, nothing new started

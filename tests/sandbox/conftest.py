@@ -27,6 +27,8 @@ def require_docker() -> None:
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "docker":
         require_docker()
+    else:
+        request.getfixturevalue("require_local_sandbox")
     return get_backend(request.param)
 
 
