@@ -55,6 +55,17 @@ def _score_points(results: list[dict[str, Any]]) -> tuple[list[int], list[float]
     return xs, ys, colors
 
 
+def _bar_plot(values: dict[str, float], ylabel: str, title: str, color: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(list(values) or ["(none)"], list(values.values()) or [0], color=color)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_report(results: list[dict[str, Any]], out_dir: Path, baseline: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write summary.json and three PNG plots into out_dir; return their paths."""
     out_dir = Path(out_dir)
@@ -78,23 +89,8 @@ def write_report(results: list[dict[str, Any]], out_dir: Path, baseline: dict[st
     fig.savefig(paths["scores"], dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    failures = summary["failures_by_stage"]
-    ax.bar(list(failures) or ["(none)"], list(failures.values()) or [0], color="tab:red")
-    ax.set_ylabel("candidates stopped here")
-    ax.set_title("Failures by stage")
-    paths["failures"] = out_dir / "failures_by_stage.png"
-    fig.tight_layout()
-    fig.savefig(paths["failures"], dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    mean_t = summary["mean_seconds_by_stage"]
-    ax.bar(list(mean_t) or ["(none)"], list(mean_t.values()) or [0], color="tab:blue")
-    ax.set_ylabel("mean seconds per candidate")
-    ax.set_title("Time per stage")
-    paths["times"] = out_dir / "time_per_stage.png"
-    fig.tight_layout()
-    fig.savefig(paths["times"], dpi=100)
-    plt.close(fig)
+    paths["failures"] = _bar_plot(summary["failures_by_stage"], "candidates stopped here", "Failures by stage",
+                                  "tab:red", out_dir / "failures_by_stage.png")
+    paths["times"] = _bar_plot(summary["mean_seconds_by_stage"], "mean seconds per candidate", "Time per stage",
+                               "tab:blue", out_dir / "time_per_stage.png")
     return paths
