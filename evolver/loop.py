@@ -405,6 +405,10 @@ class EvolutionLoop:
             d.set_header(baseline=f"{statistics.fmean(self.baseline.scores):.3f}")
             d.log(f"baseline {self.baseline.commit[:10]}: {s.metric} per seed {self.baseline.scores}"
                   + (" (cached)" if self.baseline.cached else ""))
+            if s.metric == "exact_accuracy" and max(self.baseline.scores) < 0.05:
+                d.log("[yellow]warning:[/] the baseline solves almost no held-out puzzle at this budget, so exact "
+                      "accuracy can hardly tell candidates apart; raise --budget-seconds or use "
+                      "--metric token_accuracy")
             if self.record.resumed:
                 self.resume_unfinished()
             cycle = len(self.store.ids())
