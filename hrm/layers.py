@@ -113,16 +113,18 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x of shape [B, L, heads, head_dim] with cos/sin [L, head_dim], computed in the table dtype."""
+    dtype = x.dtype
+    xf = x.to(cos.dtype)
+    return (xf * cos.unsqueeze(-2) + rotate_half(xf) * sin.unsqueeze(-2)).to(dtype)
+
+
 def apply_rotary_pos_emb(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q, k of shape [B, L, heads, head_dim] with cos/sin [L, head_dim], computed in the table dtype."""
-    dtype = q.dtype
-    cos_b, sin_b = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    qf, kf = q.to(cos.dtype), k.to(cos.dtype)
-    q_rot = qf * cos_b + rotate_half(qf) * sin_b
-    k_rot = kf * cos_b + rotate_half(kf) * sin_b
-    return q_rot.to(dtype), k_rot.to(dtype)
+    return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
 
 def _use_flash(attn_impl: str, x: torch.Tensor) -> bool:
@@ -170,12 +172,16 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(hidden_states).view(
             batch, seq_len, self.num_heads + 2 * self.num_key_value_heads, self.head_dim
         )
-        query = qkv[:, :, : self.num_heads]
-        key = qkv[:, :, self.num_heads : self.num_heads + self.num_key_value_heads]
-        value = qkv[:, :, self.num_heads + self.num_key_value_heads :]
+        n_qk = self.num_heads + self.num_key_value_heads
+        query_key = qkv[:, :, :n_qk]
+        value = qkv[:, :, n_qk:]
         if cos_sin is not None:
             cos, sin = cos_sin
-            query, key = apply_rotary_pos_emb(query, key, cos[:seq_len], sin[:seq_len])
+            if cos.shape[0] != seq_len:
+                cos, sin = cos[:seq_len], sin[:seq_len]
+            # q and k share the per-position rotation: one pass over both heads' slice (same values as two).
+            query_key = apply_rotary(query_key, cos, sin)
+        query, key = query_key[:, :, : self.num_heads], query_key[:, :, self.num_heads :]
 
         if _use_flash(self.attn_impl, hidden_states):
             assert _flash_attn_func is not None
@@ -202,7 +208,9 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        act = F.silu(gate)
+        # Outside autograd the fresh activation can take the product in place (same values, one buffer less).
+        return self.down_proj(act * up if torch.is_grad_enabled() else act.mul_(up))
 
 
 def rms_norm(hidden_states: torch.Tensor, variance_epsilon: float) -> torch.Tensor:
@@ -210,6 +218,18 @@ def rms_norm(hidden_states: torch.Tensor, variance_epsilon: float) -> torch.Tens
     dtype = hidden_states.dtype
     x = hidden_states.to(torch.float32)
     x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + variance_epsilon)
+    return x.to(dtype)
+
+
+def rms_norm_(hidden_states: torch.Tensor, variance_epsilon: float) -> torch.Tensor:
+    """:func:`rms_norm` with the same values, overwriting ``hidden_states`` when it is float32.
+
+    Only for a fresh tensor that nothing else reads, outside autograd (an in-place op on a tensor saved
+    for backward would fail the backward pass).
+    """
+    dtype = hidden_states.dtype
+    x = hidden_states.to(torch.float32)
+    x = x.mul_(torch.rsqrt(x.square().mean(-1, keepdim=True) + variance_epsilon))
     return x.to(dtype)
 
 

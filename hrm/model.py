@@ -28,6 +28,7 @@ from hrm.layers import (
     SparseEmbedding,
     SwiGLU,
     rms_norm,
+    rms_norm_,
     trunc_normal_init_,
 )
 
@@ -80,8 +81,13 @@ class HRMBlock(nn.Module):
         self.norm_eps = config.rms_norm_eps
 
     def forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = rms_norm(hidden_states + self.self_attn(cos_sin, hidden_states), self.norm_eps)
-        return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
+        if torch.is_grad_enabled():
+            hidden_states = rms_norm(hidden_states + self.self_attn(cos_sin, hidden_states), self.norm_eps)
+            return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
+        # Outside autograd (most of a segment's updates, and the Q-target forward) the sublayer outputs are
+        # fresh tensors: add the residual and normalise in place. Same values (a + b == b + a in IEEE).
+        hidden_states = rms_norm_(self.self_attn(cos_sin, hidden_states).add_(hidden_states), self.norm_eps)
+        return rms_norm_(self.mlp(hidden_states).add_(hidden_states), self.norm_eps)
 
 
 class ReasoningModule(nn.Module):
