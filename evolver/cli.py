@@ -1,14 +1,14 @@
 """The ``evolve.py`` command line: subcommands registered in one list, each a small parser plus a handler.
 
 Subcommands here: ``apply`` (a proposal file onto a new candidate branch), ``proposals list|show|diff`` and
-``history`` (candidates of a run, read from git: branches, trailers, notes and the stored files).
+``history`` (candidates of a run, read from git: branches, trailers, notes and the stored files); ``run``,
+``review``, ``report`` and ``sandbox`` live in :mod:`evolver.cli_run`.
 
-Adding a subcommand (``run``, ``review``, ``report``, ``sandbox build|doctor``, ...): write a function
+Adding a subcommand: write a function
 ``add_<name>_command(subparsers)`` that calls ``subparsers.add_parser(...)`` and sets
 ``handler=<callable(argparse.Namespace) -> int>`` with ``set_defaults``, then append it to
-:data:`SUBCOMMANDS` (REGISTRATION POINT below). A subcommand named ``run`` becomes the default: ``evolve.py``
-with no subcommand (or with only options) runs it. Until one is registered, no subcommand prints that the
-evolution loop is not built yet and exits 2.
+:data:`SUBCOMMANDS` (REGISTRATION POINT below). ``run`` is the default: ``evolve.py``
+with no subcommand (or with only options) runs it.
 
 Exit codes: 0 success, 1 the operation failed (patch did not apply, git error, unknown id), 2 bad input
 (invalid proposal, usage error).
@@ -44,10 +44,6 @@ Handler = Callable[[argparse.Namespace], int]
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 DEFAULT_SUBCOMMAND = "run"
-NOT_BUILT_MESSAGE = (
-    "the evolution loop is not built yet: no 'run' subcommand is registered in evolver/cli.py.\n"
-    "Available now: apply, proposals, history (see `python evolve.py --help`)."
-)
 
 
 def _out() -> Console:
@@ -316,22 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _registered(parser: argparse.ArgumentParser) -> set[str]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     tokens = list(sys.argv[1:] if argv is None else argv)
-    commands = _registered(parser)
     wants_default = not tokens or (tokens[0].startswith("-") and tokens[0] not in ("-h", "--help"))
     if wants_default:
-        if DEFAULT_SUBCOMMAND not in commands:
-            print(NOT_BUILT_MESSAGE, file=sys.stderr)
-            return 2
         tokens.insert(0, DEFAULT_SUBCOMMAND)
     args = parser.parse_args(tokens)
     handler: Handler = args.handler

@@ -11,7 +11,7 @@ from typing import Any
 import git as gitpython
 import pytest
 
-from evolver.cli import NOT_BUILT_MESSAGE, main
+from evolver.cli import main
 from evolver.record import EvolutionRecord, list_runs
 from tests.evolver.conftest import git
 
@@ -109,11 +109,10 @@ def test_apply_refuses_protected_path(user_repo: Path, tmp_path: Path) -> None:
     assert "tests/" in proc.stderr
 
 
-def test_no_subcommand_says_the_loop_is_not_built(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 2
-    assert NOT_BUILT_MESSAGE.splitlines()[0] in capsys.readouterr().err
-    proc = evolve()
-    assert proc.returncode == 2 and "the evolution loop is not built yet" in proc.stderr
+def test_no_subcommand_runs_the_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Options without a subcommand go to `run`; a folder that is no git repository stops it before any work.
+    assert main(["--repo", str(tmp_path), "--cycles", "1"]) == 1
+    assert "not a git repository" in capsys.readouterr().err.lower()
 
 
 def test_proposals_list_show_diff(user_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
