@@ -9,7 +9,15 @@ from datetime import datetime
 from typing import Any
 
 from sandbox.hostfs import OutputQuota, grant_access, sandbox_ids
-from sandbox.spec import DEFAULT_IMAGE, OUT_TARGET, SandboxResult, SandboxSpec, Warn, tail_lines
+from sandbox.spec import (
+    DEFAULT_IMAGE,
+    OUT_TARGET,
+    SandboxResult,
+    SandboxSpec,
+    Warn,
+    finished_result,
+    tail_lines,
+)
 
 LABEL = "hrm-evolve"
 RUN_LABEL = "hrm-evolve.run"
@@ -215,14 +223,7 @@ class DockerBackend:
                 except docker.errors.DockerException as exc:
                     if self.warn:
                         self.warn(f"could not remove container {container.short_id}: {exc}")
-        if timed_out:
-            log = tail_lines(f"{log}\n[sandbox] killed after the {spec.timeout_s:g}s wall clock")
-        if quota_msg:
-            log = tail_lines(f"{log}\n[sandbox] killed: {quota_msg}")
-        if oom:
-            log = tail_lines(f"{log}\n[sandbox] killed by the {spec.memory_mb} MiB memory limit (OOM)")
-        duration = t_cmd1 - t_cmd0
-        total = time.monotonic() - t_begin
-        return SandboxResult(exit_code=exit_code, timed_out=timed_out, oom_killed=oom, duration_s=duration,
-                             overhead_s=max(0.0, total - duration), log_tail=log, backend=self.name,
-                             isolation=isolation, missing=[], error=None)
+        return finished_result(spec, self.name, exit_code=exit_code, timed_out=timed_out, oom=oom,
+                               oom_note=f"killed by the {spec.memory_mb} MiB memory limit (OOM)",
+                               quota_msg=quota_msg, log=log, command_s=t_cmd1 - t_cmd0,
+                               total_s=time.monotonic() - t_begin, isolation=isolation, missing=[])

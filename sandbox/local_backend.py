@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sandbox.hostfs import OutputQuota, grant_access, sandbox_ids
-from sandbox.spec import OUT_TARGET, SandboxResult, SandboxSpec, Warn, tail_lines
+from sandbox.spec import OUT_TARGET, SandboxResult, SandboxSpec, Warn, finished_result, tail_lines
 
 NOFILE = 1024
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -285,14 +285,7 @@ class LocalBackend:
             os.unlink(log_path)
         oom = (not timed_out and exit_code not in (0, None)
                and any("MemoryError" in line for line in log.splitlines()[-20:]))
-        if timed_out:
-            log = tail_lines(f"{log}\n[sandbox] killed after the {spec.timeout_s:g}s wall clock")
-        if quota_msg:
-            log = tail_lines(f"{log}\n[sandbox] killed: {quota_msg}")
-        if oom:
-            log = tail_lines(f"{log}\n[sandbox] out of memory under RLIMIT_AS {spec.memory_mb} MiB")
-        duration = t_cmd1 - t_cmd0
-        total = time.monotonic() - t_begin
-        return SandboxResult(exit_code=exit_code, timed_out=timed_out, oom_killed=oom, duration_s=duration,
-                             overhead_s=max(0.0, total - duration), log_tail=log, backend=self.name,
-                             isolation=isolation, missing=missing, error=None)
+        return finished_result(spec, self.name, exit_code=exit_code, timed_out=timed_out, oom=oom,
+                               oom_note=f"out of memory under RLIMIT_AS {spec.memory_mb} MiB",
+                               quota_msg=quota_msg, log=log, command_s=t_cmd1 - t_cmd0,
+                               total_s=time.monotonic() - t_begin, isolation=isolation, missing=missing)

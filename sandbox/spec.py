@@ -86,3 +86,19 @@ def tail_lines(text: str, n: int = LOG_TAIL_LINES) -> str:
     """The last ``n`` lines of ``text``."""
     lines = text.splitlines()
     return "\n".join(lines[-n:])
+
+
+def finished_result(spec: SandboxSpec, backend: str, *, exit_code: int | None, timed_out: bool, oom: bool,
+                    oom_note: str, quota_msg: str | None, log: str, command_s: float, total_s: float,
+                    isolation: list[str], missing: list[str]) -> SandboxResult:
+    """The result of a run that started: the log tail annotated with why the host stopped it, if it did."""
+    if timed_out:
+        log = tail_lines(f"{log}\n[sandbox] killed after the {spec.timeout_s:g}s wall clock")
+    if quota_msg:
+        log = tail_lines(f"{log}\n[sandbox] killed: {quota_msg}")
+    if oom:
+        log = tail_lines(f"{log}\n[sandbox] {oom_note}")
+    return SandboxResult(exit_code=exit_code, timed_out=timed_out, oom_killed=oom, duration_s=command_s,
+                         overhead_s=max(0.0, total_s - command_s), log_tail=log, backend=backend,
+                         isolation=isolation, missing=missing, error=None)
+
