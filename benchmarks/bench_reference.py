@@ -16,7 +16,7 @@ contiguous (the reference ``.view``-s it). Nothing else is changed. The referenc
 
 What is timed, for each implementation, is one training step of the reference's ``pretrain.py`` loop at
 the ``sudoku4`` preset (h64, 2+2 layers, 2/2 cycles, 4 heads, halt_max 4, batch 64, seq 16 + one puzzle
-token, fp32, stablemax, CPU): one ACT segment forward in train mode (including the extra no-grad Q-target
+token, fp32, the preset's loss, CPU): one ACT segment forward in train mode (including the extra no-grad Q-target
 forward), the ACT loss, backward of loss / batch, the SignSGD step on the puzzle embedding and the
 AdamATan2 step on the parameters, zero_grad, and reading the loss as a Python float. Ours runs
 ``hrm.losses.ACTLossHead`` with ``hrm.optim.build_optimizers`` as ``hrm.train`` does; the reference runs

@@ -1,10 +1,15 @@
 """Named run configurations: small CPU presets sized for a 2-core machine, and paper-scale GPU presets.
 
 Every preset is budget-free: it sets no step, epoch or wall-clock limit. The caller (the CLI, the harness,
-a benchmark) supplies the budget. The CPU presets follow the measurements in the project notes
-(h64, 2+2 layers, 2/2 cycles, 4 ACT segments, batch 64, lr 2e-3 on 4x4 and 6x6 Sudoku). The GPU presets
-follow the reference's Sudoku-Extreme / Maze-Hard 1k recipe (27M parameters, bf16, batch 768, lr 1e-4,
-weight decay 1.0 on both optimizers).
+a benchmark) supplies the budget. The CPU presets start from the measurements in the project notes
+(h64, 2+2 layers, 2/2 cycles, 4 ACT segments, batch 64 on 4x4 and 6x6 Sudoku) and change three things,
+measured on 4x4 Sudoku at 1100 steps (about 150 s on 2 cores): weight decay 1.0, as the reference's
+small-data recipes use; softmax instead of stablemax cross-entropy; lr 3e-3 with a cosine down to 10% over
+the budget instead of a constant 2e-3. Held-out exact accuracy went from 0.56 / 0.14 (seeds 0 / 1) to
+0.86 / 0.95 / 0.72 / 0.89 (seeds 0-3); before, some seeds took off hundreds of steps late.
+
+The GPU presets follow the reference's Sudoku-Extreme / Maze-Hard 1k recipe (27M parameters, bf16, batch
+768, lr 1e-4, weight decay 1.0 on both optimizers, stablemax).
 
 ``vocab_size``, ``seq_len`` and ``num_puzzle_identifiers`` are set here for the task's encoding, and the
 trainer re-reads them from the dataset it builds, so the dataset always wins.
@@ -35,17 +40,17 @@ def _cpu_model(vocab_size: int, seq_len: int) -> ModelConfig:
         halt_exploration_prob=0.1,
         pos_encodings="rope",
         forward_dtype="float32",
-        loss_type="stablemax_cross_entropy",
+        loss_type="softmax_cross_entropy",
     )
 
 
-def _cpu_train(batch_size: int = 64, lr: float = 2e-3) -> TrainConfig:
+def _cpu_train(batch_size: int = 64, lr: float = 3e-3) -> TrainConfig:
     return TrainConfig(
         batch_size=batch_size,
         lr=lr,
-        lr_min_ratio=1.0,
+        lr_min_ratio=0.1,
         lr_warmup_steps=100,
-        weight_decay=0.1,
+        weight_decay=1.0,
         puzzle_emb_lr=1e-2,
         puzzle_emb_weight_decay=0.1,
         eval_interval_steps=500,

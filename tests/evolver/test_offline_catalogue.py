@@ -112,7 +112,8 @@ def test_every_entry_applies_and_changes_the_model_or_run(tmp_path: Path) -> Non
     assert probes["more-h-cycles"]["model"]["H_cycles"] == 3
     assert probes["trm-ema-weights"]["train"]["ema_decay"] == 0.99
     assert probes["grad-norm-clipping"]["train"]["grad_clip_norm"] == 1.0
-    assert probes["softmax-instead-of-stablemax"]["model"]["loss_type"] == "softmax_cross_entropy"
+    assert probes["stablemax-on-cpu-presets"]["model"]["loss_type"] == "stablemax_cross_entropy"
+    assert probes["puzzle-embedding-weight-decay"]["train"]["puzzle_emb_weight_decay"] == 1.0
     assert probes["learned-positions"]["model"]["pos_encodings"] == "learned"
     assert probes["more-halt-steps"]["model"]["halt_max_steps"] == 8
     assert probes["trm-single-shared-network"]["params"] < base["params"]

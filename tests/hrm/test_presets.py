@@ -24,8 +24,8 @@ def test_cpu_sudoku4_matches_the_measured_recipe() -> None:
     run = get_preset("sudoku4")
     m, t = run.model, run.train
     assert (m.hidden_size, m.H_layers, m.L_layers, m.H_cycles, m.L_cycles, m.halt_max_steps) == (64, 2, 2, 2, 2, 4)
-    assert (m.vocab_size, m.seq_len, m.loss_type) == (6, 16, "stablemax_cross_entropy")
-    assert (t.batch_size, t.lr, t.lr_warmup_steps, t.weight_decay) == (64, 2e-3, 100, 0.1)
+    assert (m.vocab_size, m.seq_len, m.loss_type) == (6, 16, "softmax_cross_entropy")
+    assert (t.batch_size, t.lr, t.lr_min_ratio, t.lr_warmup_steps, t.weight_decay) == (64, 3e-3, 0.1, 100, 1.0)
     assert run.data["n_train"] == 2000 and run.data["n_test"] == 500
     assert get_preset("sudoku6").model.seq_len == 36
 
@@ -43,7 +43,7 @@ def test_presets_are_fresh_copies() -> None:
     a.train.lr = 123.0
     a.data["n_train"] = 1
     b = get_preset("sudoku4")
-    assert b.train.lr == 2e-3 and b.data["n_train"] == 2000
+    assert b.train.lr == 3e-3 and b.data["n_train"] == 2000
 
 
 def test_unknown_preset() -> None:
