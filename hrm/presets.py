@@ -5,8 +5,9 @@ a benchmark) supplies the budget. The CPU presets start from the measurements in
 (h64, 2+2 layers, 2/2 cycles, 4 ACT segments, batch 64 on 4x4 and 6x6 Sudoku) and change three things,
 measured on 4x4 Sudoku at 1100 steps (about 150 s on 2 cores): weight decay 1.0, as the reference's
 small-data recipes use; softmax instead of stablemax cross-entropy; lr 3e-3 with a cosine down to 10% over
-the budget instead of a constant 2e-3. Held-out exact accuracy went from 0.56 / 0.14 (seeds 0 / 1) to
-0.86 / 0.95 / 0.72 / 0.89 (seeds 0-3); before, some seeds took off hundreds of steps late.
+the budget instead of a constant 2e-3. Held-out exact accuracy went from 0.56 / 0.14 (seeds 0 / 1, old
+settings at 1200 steps) to 0.86 / 0.95 / 0.72 / 0.89 (seeds 0-3); before, some seeds took off hundreds of
+steps late.
 
 The GPU presets follow the reference's Sudoku-Extreme / Maze-Hard 1k recipe (27M parameters, bf16, batch
 768, lr 1e-4, weight decay 1.0 on both optimizers, stablemax).
