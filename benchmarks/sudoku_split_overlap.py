@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hrm.data.sudoku import Geometry, canonical_key, geometry
+
 
 def line_orders(n_bands: int, per_band: int) -> list[list[int]]:
     """Every order of n_bands bands of per_band lines that keeps lines inside their band."""
@@ -31,22 +33,10 @@ def line_orders(n_bands: int, per_band: int) -> list[list[int]]:
     return orders
 
 
-def relabelled(cells: np.ndarray, n: int) -> bytes:
-    """Digits renamed in order of first appearance (blanks stay 0)."""
-    mapping = np.zeros(n + 1, dtype=np.uint8)
-    nxt = 1
-    for v in cells.tolist():
-        if v and not mapping[v]:
-            mapping[v] = nxt
-            nxt += 1
-    return mapping[cells].tobytes()
-
-
-def class_key(puzzle: np.ndarray, n: int, rows: list[list[int]], cols: list[list[int]]) -> bytes:
-    grid = puzzle.reshape(n, n)
-    return min(
-        relabelled(g[r][:, c].ravel(), n) for g in (grid, grid.T) for r in rows for c in cols
-    )
+def class_key(puzzle: np.ndarray, geo: Geometry, rows: list[list[int]], cols: list[list[int]]) -> bytes:
+    """The smallest relabel-and-transpose key (the builder's own) over every band/row and stack/column order."""
+    grid = puzzle.reshape(geo.n, geo.n)
+    return min(canonical_key(grid[r][:, c].ravel(), geo) for r in rows for c in cols)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         if (br, bc) != (2, 2):
             print(f"{root}: boxes {br}x{bc}: only 2x2 boxes are enumerated here")
             continue
-        n = br * bc
-        orders = line_orders(n // br, br)
+        geo = geometry((br, bc))
+        orders = line_orders(geo.n // br, br)
         # Tokens are cell value + 1 (1 = blank); back to 0 = blank, 1..n = digits.
         split = {
             name: np.load(root / name / "all__inputs.npy").astype(np.int64) - 1 for name in ("train", "test")
         }
-        keys = {name: [class_key(p, n, orders, orders) for p in arr] for name, arr in split.items()}
+        keys = {name: [class_key(p, geo, orders, orders) for p in arr] for name, arr in split.items()}
         train_classes = set(keys["train"])
         seen = sum(k in train_classes for k in keys["test"]) / max(1, len(keys["test"]))
         print(
