@@ -44,7 +44,7 @@ def doctor(image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     from sandbox.local_backend import LocalBackend
 
     dock = _docker_facts(image)
-    reason = docker_unavailable_reason(image) if dock["engine"] else dock["error"] or "no engine"
+    reason = docker_unavailable_reason(image)  # the same wording get_backend() warns with
     probe = SandboxSpec(command=["python"], mounts=[], output_dir=Path("/nonexistent"))
     local = LocalBackend()
     local_isolation, local_missing = local.describe(probe)
