@@ -3,18 +3,12 @@ to run (root without bubblewrap), unless HRM_EVOLVE_REQUIRE_SANDBOX=1 (CI), whic
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from sandbox import local_unavailable_reason
+from tests.availability import skip_or_fail
 
 
 @pytest.fixture
 def require_local_sandbox() -> None:
-    reason = local_unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("HRM_EVOLVE_REQUIRE_SANDBOX") == "1":
-        pytest.fail(f"HRM_EVOLVE_REQUIRE_SANDBOX=1 but {reason}")
-    pytest.skip(reason)
+    skip_or_fail(local_unavailable_reason(), "HRM_EVOLVE_REQUIRE_SANDBOX")

@@ -3,24 +3,19 @@ HRM_EVOLVE_REQUIRE_DOCKER=1 (CI), which turns that skip into a failure."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sandbox import Backend, Mount, SandboxSpec, docker_unavailable_reason, get_backend
+from tests.availability import skip_or_fail
 
 BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "local"]
 
 
 def require_docker() -> None:
-    reason = docker_unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("HRM_EVOLVE_REQUIRE_DOCKER") == "1":
-        pytest.fail(f"HRM_EVOLVE_REQUIRE_DOCKER=1 but {reason}")
-    pytest.skip(reason)
+    skip_or_fail(docker_unavailable_reason(), "HRM_EVOLVE_REQUIRE_DOCKER")
 
 
 @pytest.fixture(params=BACKENDS)
