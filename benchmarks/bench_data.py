@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from hrm.data import maze, sudoku
+from puzzles import maze, sudoku
 
 SUDOKU_CASES: list[tuple[str, tuple[int, int], int | tuple[int, int] | None, int]] = [
     ("sudoku 4x4 minimal", (2, 2), None, 400),

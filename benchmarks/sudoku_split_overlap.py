@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hrm.data.sudoku import Geometry, canonical_key, geometry
+from puzzles.sudoku import Geometry, canonical_key, geometry
 
 
 def line_orders(n_bands: int, per_band: int) -> list[list[int]]:

@@ -89,7 +89,7 @@ def _table(title: str, rows: dict[str, Any]) -> Table:
 def cmd_data_build(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from hrm.data import build_dataset
+    from puzzles.build import build_dataset  # trusted generators outside hrm/; imported only by this command
 
     run = base_run(args.task)
     kwargs = dict(run.data)

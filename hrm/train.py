@@ -118,7 +118,11 @@ def prepare_dataset(run: RunConfig, out_dir: Path, data_dir: Path | None, seed: 
     root = cache / dataset_key(run.task, data_kwargs, data_seed)
     if is_dataset_root(root):
         return root, False
-    from hrm.data import build_dataset
+    try:
+        from puzzles.build import build_dataset  # the trusted generators, outside hrm/ (a user convenience)
+    except ImportError as exc:
+        raise FileNotFoundError(f"no dataset at {root} and the puzzles package is not importable to build one: "
+                                "pass data_dir (built with python -m hrm data build)") from exc
 
     cache.mkdir(parents=True, exist_ok=True)
     base, kwargs = resolve_task(run.task, data_kwargs)

@@ -4,6 +4,10 @@ Runs one cascade stage against the candidate's `hrm` (imported from --repo, put 
 harness's own imports are done), writes OUT/STAGE.json ({stage, ok, reason, metrics, seconds}) atomically
 and exits 0 when the stage passed, 1 when it failed. Any exception raised by candidate code (SystemExit
 included) is a failure whose reason is the exception and the tail of its traceback.
+
+Candidate code runs in this process, so the host treats STAGE.json as a report of measurements, never as
+a verdict: a stage that says it failed has failed, but a pass is decided by the host from the raw numbers
+and arrays (evolver/gates.py), and scores only ever come from the host.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--budget-seconds", type=float, default=60.0, help="training budget (train stage)")
     parser.add_argument("--manifest", type=Path, default=None, help="safety manifest JSON")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint for the evaluate stage")
+    parser.add_argument("--segments", type=int, default=None,
+                        help="ACT segments the evaluate stage runs (fixed by the host; default: the model's own)")
     parser.add_argument("--steps", type=int, default=None, help="trainability steps (default 100)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: $HRM_THREADS)")
     return parser
@@ -79,7 +85,7 @@ def _stage_runner(args: argparse.Namespace) -> Callable[[], dict[str, Any]]:
         return lambda: module.run_trainability(args.data, args.task, args.seed, steps=args.steps or 100)
     if args.stage == "train":
         return lambda: module.run_train(args.data, args.out, args.task, args.seed, args.budget_seconds)
-    return lambda: module.run_evaluate(args.data, args.out, args.checkpoint, args.seed)
+    return lambda: module.run_evaluate(args.data, args.out, args.checkpoint, args.seed, segments=args.segments)
 
 
 def run_stage(args: argparse.Namespace) -> StageResult:

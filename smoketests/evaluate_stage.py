@@ -1,14 +1,22 @@
-"""Stage 5, evaluate: the HARNESS's own evaluation loop over the held-out split.
+"""Stage 5, evaluate: the HARNESS's own evaluation loop over a held-out split whose labels were withheld.
 
 Loads the checkpoint the train stage wrote (`torch.load(weights_only=True)`: tensors and plain containers
-only), rebuilds the candidate's model from the config stored in it, runs every sample through exactly
-halt_max_steps ACT segments in eval mode with batches that carry no labels, and writes the argmax
-predictions to OUT/predictions.npy. When the mounted split has its labels the stage scores them too; in
-the cascade the host withholds the labels from the sandbox and scores predictions.npy itself.
+only), rebuilds the candidate's model from the config stored in it, and runs every sample through exactly
+the number of ACT segments the host passes (`--segments`, from the trusted task spec) in eval mode, with
+batches that carry no labels. It writes, for the host to judge:
+
+- predictions.npy: argmax predictions of the trained weights;
+- init_predictions.npy: the same for freshly initialised weights (a model that scores above chance without
+  training solves puzzles by other means than learning);
+- mode_eval.npy / mode_train.npy / mode_comparable.npy: a probe of rows in eval and train mode, which must
+  agree wherever both modes compute the same function.
+
+Nothing here decides a verdict: the host scores and compares the arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -17,12 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoketests.puzzle_arrays import load_split, score_predictions
+from puzzles.arrays import load_split
+from puzzles.scoring import score_predictions
 from smoketests.result import StageFailure
 from smoketests.smoke import pick_device, require, to_torch
 
 EVAL_BATCH = 256
 PREDICTIONS_FILE = "predictions.npy"
+INIT_PREDICTIONS_FILE = "init_predictions.npy"
+MODE_PROBE_ROWS = 128
 
 
 def load_weights(path: Path, device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -53,9 +64,27 @@ def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
         raise StageFailure(f"checkpoint does not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}")
 
 
-def predict(model: torch.nn.Module, inputs: np.ndarray, identifiers: np.ndarray, halt_max_steps: int,
+def _rollout(model: torch.nn.Module, batch: dict[str, torch.Tensor], segments: int
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Argmax per segment [B, L], halted-after-segment flags [B] per segment, and the last q_halt logits."""
+    carry = model.initial_carry(batch)
+    argmaxes: list[torch.Tensor] = []
+    halted: list[torch.Tensor] = []
+    outputs: dict[str, torch.Tensor] = {}
+    for _ in range(segments):
+        carry, outputs = model(carry, batch)
+        logits = outputs["logits"]
+        require(tuple(logits.shape[:2]) == tuple(batch["inputs"].shape), f"logits shape {tuple(logits.shape)}")
+        argmaxes.append(logits.argmax(dim=-1).to(torch.int64))
+        halted.append(carry.halted.clone())
+    return argmaxes, halted, outputs["q_halt_logits"]
+
+
+def predict(model: torch.nn.Module, inputs: np.ndarray, identifiers: np.ndarray, segments: int,
             device: torch.device) -> tuple[np.ndarray, float]:
-    """Argmax predictions [N, L] after halt_max_steps segments, and the mean q_halt > 0 rate."""
+    """Argmax predictions [N, L] after exactly ``segments`` ACT segments in eval mode, and the mean
+    q_halt > 0 rate. The harness fixes ``segments``; whatever the model's own halting says, the outputs of
+    the last segment are the predictions."""
     model.eval()
     preds: list[np.ndarray] = []
     halts = 0.0
@@ -65,16 +94,37 @@ def predict(model: torch.nn.Module, inputs: np.ndarray, identifiers: np.ndarray,
                 {"inputs": inputs[start : start + EVAL_BATCH], "puzzle_identifiers": identifiers[start : start + EVAL_BATCH]},
                 device,
             )
-            carry = model.initial_carry(batch)
-            outputs: dict[str, torch.Tensor] = {}
-            for _ in range(halt_max_steps):
-                carry, outputs = model(carry, batch)
-            require(bool(carry.halted.all()), f"eval mode: rows still running after {halt_max_steps} segments")
-            logits = outputs["logits"]
-            require(tuple(logits.shape[:2]) == tuple(batch["inputs"].shape), f"logits shape {tuple(logits.shape)}")
-            preds.append(logits.argmax(dim=-1).to(torch.int64).cpu().numpy())
-            halts += float((outputs["q_halt_logits"] > 0).float().sum())
+            argmaxes, _halted, q_halt = _rollout(model, batch, segments)
+            preds.append(argmaxes[-1].cpu().numpy())
+            halts += float((q_halt > 0).float().sum())
     return np.concatenate(preds), halts / max(inputs.shape[0], 1)
+
+
+def mode_probe(model: torch.nn.Module, inputs: np.ndarray, identifiers: np.ndarray, segments: int,
+               device: torch.device) -> dict[str, np.ndarray]:
+    """The same inputs rolled out in eval mode and in train mode (halting exploration off, no gradients).
+
+    Until a row halts in train mode, both modes compute the same function of the same carry, so their
+    argmax outputs must agree there. Returns eval [S, R, L], train [S, R, L] and comparable [S, R] (the row
+    has not halted in train mode before that segment); the host compares them.
+    """
+    batch = to_torch({"inputs": inputs, "puzzle_identifiers": identifiers}, device)
+    with torch.no_grad():
+        model.eval()
+        ev, _, _ = _rollout(model, batch, segments)
+        model.train()
+        tr, halted, _ = _rollout(model, batch, segments)
+        model.eval()
+    running = torch.ones(inputs.shape[0], dtype=torch.bool, device=device)
+    comparable = []
+    for seg in range(segments):
+        comparable.append(running.clone())
+        running = running & ~halted[seg]
+    return {
+        "eval": torch.stack(ev).cpu().numpy().astype(np.int16),
+        "train": torch.stack(tr).cpu().numpy().astype(np.int16),
+        "comparable": torch.stack(comparable).cpu().numpy(),
+    }
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
@@ -84,13 +134,21 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def run_evaluate(data_dir: Path, out_dir: Path, checkpoint: Path | None, seed: int) -> dict[str, Any]:
+def _no_exploration(cfg: Any) -> Any:
+    if hasattr(cfg, "halt_exploration_prob"):
+        return dataclasses.replace(cfg, halt_exploration_prob=0.0)
+    return cfg
+
+
+def run_evaluate(data_dir: Path, out_dir: Path, checkpoint: Path | None, seed: int,
+                 segments: int | None = None) -> dict[str, Any]:
+    """Trained predictions, fresh-initialisation predictions and the mode probe, each written as an array
+    for the host to score and compare; this process judges nothing."""
     from hrm.config import RunConfig
     from hrm.model import HRM
 
     if checkpoint is None:
         raise StageFailure("evaluate needs --checkpoint (the train stage's checkpoint.pt)")
-    torch.manual_seed(seed)
     device = pick_device()
     split = load_split(data_dir, "test")
     config, weights = load_weights(checkpoint, device)
@@ -98,18 +156,33 @@ def run_evaluate(data_dir: Path, out_dir: Path, checkpoint: Path | None, seed: i
     cfg = run.model
     for key in ("vocab_size", "seq_len"):
         require(int(getattr(cfg, key)) == int(split.meta[key]), f"checkpoint {key}={getattr(cfg, key)}, data {split.meta[key]}")
+    segments = int(segments or cfg.halt_max_steps)
+    cfg = _no_exploration(dataclasses.replace(cfg, halt_max_steps=segments))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(seed)
+    fresh = HRM(cfg).to(device)  # the same architecture, never trained: it must not solve puzzles
+    init_predictions, _ = predict(fresh, split.inputs, split.puzzle_identifiers, segments, device)
+    _save_atomic(out_dir / INIT_PREDICTIONS_FILE, init_predictions)
+    del fresh
+
     model = HRM(cfg).to(device)
     load_into(model, weights)
     start = time.perf_counter()
-    predictions, halt_rate = predict(model, split.inputs, split.puzzle_identifiers, int(cfg.halt_max_steps), device)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions, halt_rate = predict(model, split.inputs, split.puzzle_identifiers, segments, device)
+    eval_seconds = time.perf_counter() - start
     _save_atomic(out_dir / PREDICTIONS_FILE, predictions)
+    rows = min(MODE_PROBE_ROWS, len(split))
+    probe = mode_probe(model, split.inputs[:rows], split.puzzle_identifiers[:rows], segments, device)
+    for name, array in probe.items():
+        _save_atomic(out_dir / f"mode_{name}.npy", array)
     metrics: dict[str, Any] = {
         "examples": int(predictions.shape[0]),
-        "halt_max_steps": int(cfg.halt_max_steps),
+        "eval_segments": segments,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
         "q_halt_rate": halt_rate,
-        "eval_seconds": time.perf_counter() - start,
+        "eval_seconds": eval_seconds,
         "predictions": PREDICTIONS_FILE,
         "labels_available": split.labels is not None,
     }

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from smoketests.puzzle_arrays import SplitArrays, load_split
+from puzzles.arrays import SplitArrays, load_split
 from smoketests.result import StageFailure
 
 SMOKE_BATCH = 4

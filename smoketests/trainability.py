@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from smoketests.puzzle_arrays import IGNORE_LABEL, load_split, random_batches
+from puzzles.arrays import IGNORE_LABEL, load_split, random_batches
 from smoketests.result import StageFailure
 from smoketests.smoke import model_config_for_data, pick_device, require, to_torch
 

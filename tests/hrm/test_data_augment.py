@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hrm.data import maze, sudoku
+from puzzles import maze, sudoku
 from hrm.data.augment import dihedral, maze_dihedral_batch, sudoku_symmetry_batch
 
 

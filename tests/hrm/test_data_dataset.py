@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrm.data import TASK_ALIASES, build_dataset, maze, sudoku
+from hrm.data import TASK_ALIASES
+from puzzles import build_dataset, maze, sudoku
 from hrm.data.dataset import PuzzleDataset
 
 

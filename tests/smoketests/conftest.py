@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def sudoku4_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hrm.data import build_dataset
+    from puzzles import build_dataset
 
     root = tmp_path_factory.mktemp("data") / "sudoku4"
     build_dataset("sudoku4", root, seed=0, n_train=400, n_test=100)

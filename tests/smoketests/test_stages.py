@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from smoketests.evaluate_stage import run_evaluate
-from smoketests.puzzle_arrays import load_split, score_predictions
+from puzzles.arrays import load_split
+from puzzles.scoring import score_predictions
 from smoketests.result import StageFailure, StageResult, read_result, write_result
 from tests.smoketests.conftest import REPO, make_candidate
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-IGNORE_LABEL = -100
+from puzzles.scoring import IGNORE_LABEL
 
 
 @dataclass
@@ -80,18 +80,3 @@ def random_batches(split: SplitArrays, batch_size: int, rng: np.random.Generator
         order = rng.permutation(len(split))
         for start in range(0, len(order) - batch_size + 1, batch_size):
             yield split.batch(order[start : start + batch_size])
-
-
-def score_predictions(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Exact (whole puzzle) and token accuracy over positions whose label is not -100."""
-    if predictions.shape != labels.shape:
-        raise ValueError(f"predictions {predictions.shape} vs labels {labels.shape}")
-    valid = labels != IGNORE_LABEL
-    correct = (predictions == labels) & valid
-    rows = valid.any(axis=1)
-    exact = (correct.sum(axis=1) == valid.sum(axis=1)) & rows
-    return {
-        "exact_accuracy": float(exact.sum() / max(int(rows.sum()), 1)),
-        "token_accuracy": float(correct.sum() / max(int(valid.sum()), 1)),
-        "count": int(rows.sum()),
-    }

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrm.data import build_dataset
+from puzzles import build_dataset
 from hrm.data.dataset import PuzzleDataset
 
 

@@ -245,7 +245,7 @@ def pattern_solution(geo: Geometry) -> np.ndarray:
 
 def random_solutions(geo: Geometry, rng: np.random.Generator, count: int) -> np.ndarray:
     """[count, n*n] random valid grids (values 1..n): the pattern grid under random sudoku symmetries."""
-    from hrm.data.augment import sudoku_symmetry_batch  # local import keeps the module graph one-way
+    from puzzles.symmetry import sudoku_symmetry_batch  # local import keeps the module graph one-way
 
     base = np.repeat(pattern_solution(geo).reshape(1, -1), count, axis=0)
     return sudoku_symmetry_batch(base, None, geo.br, geo.bc, rng, token_offset=0)[0]

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hrm.data import sudoku
+from puzzles import sudoku
 
 
 def _all_4x4_grids() -> list[tuple[int, ...]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hrm.data import maze
+from puzzles import maze
 
 
 def _check_instance(inp: np.ndarray, lab: np.ndarray, size: int, min_len: int) -> int:

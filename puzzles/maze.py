@@ -132,7 +132,7 @@ def make_instance(
 
 def canonical_key(grid: np.ndarray) -> bytes:
     """Key equal for mazes that are dihedral images of each other."""
-    from hrm.data.augment import dihedral
+    from puzzles.symmetry import dihedral
 
     g = np.asarray(grid, dtype=np.uint8)
     return min(np.ascontiguousarray(dihedral(g, k)).tobytes() for k in range(8))
