@@ -1,17 +1,23 @@
 """The validation cascade, host side: each stage of `python -m smoketests` as its own sandbox run.
 
 Stages in order: safety, smoke, trainability, then train + evaluate once per seed. The first failure stops
-the cascade. Mounts (all read-only; /out is the stage's own fresh host directory):
+the cascade. What each stage sees (all read-only; /out is the stage's own fresh host directory):
 
-    stage         /candidate  /harness  /data                                  other
-    safety        yes         yes       -                                      /manifest (the manifest dir)
-    smoke         yes         yes       train split only
-    trainability  yes         yes       train split only
-    train         yes         yes       train split only
-    evaluate      yes         yes       test split WITHOUT its label files     /train (the train stage's output)
+    stage         /harness                 /candidate        /data                          other
+    safety        pristine harness copy    the hrm/ copy     -                              /manifest
+    smoke         pristine harness copy    the hrm/ copy     a copy of the train split
+    trainability  pristine harness copy    the hrm/ copy     a copy of the train split
+    train         pristine harness copy    the hrm/ copy     a copy of the train split
+    evaluate      pristine harness copy    the hrm/ copy     the held-out split, NO labels  /train (checkpoint)
 
-The evaluate stage writes predictions.npy; the host scores them against the test labels, which never
-enter the sandbox. Budgets, seeds and timeouts are decided here, never by candidate code.
+The harness copy holds only `smoketests/` and `puzzles/` (evolver/harness_copy.py); the engine root, the
+state directory, `.git`, `.env`, the worktrees and other runs' outputs are in no mount. The host owns:
+
+- the clock: the train stage is killed at the budget plus SETUP_ALLOWANCE_S of host-measured time, and a
+  stage that ran past it fails with that reason; the evaluate stage is capped relative to the parent's;
+- the eval conditions: the number of ACT segments comes from the trusted task spec (puzzles/tasks.py);
+- the verdict of every stage (evolver/gates.py) from files it reads back without following links
+  (sandbox/readback.py), and the scores, from labels that never enter a sandbox.
 """
 
 from __future__ import annotations
@@ -30,16 +36,27 @@ from typing import Any
 
 import numpy as np
 
+from evolver.gates import Gate, judge_evaluation, judge_report
+from evolver.harness_copy import stage_candidate
+from puzzles.splits import load_inputs, load_labels, sealed_view, train_view
+from puzzles.tasks import TaskSpec, get_task
 from sandbox import Backend, Mount, SandboxResult, SandboxSpec, get_backend
+from sandbox.readback import UnsafeOutput, audit_tree, copy_out, read_array, read_json
 
 ALL_STAGES: tuple[str, ...] = ("safety", "smoke", "trainability", "train", "evaluate")
 PER_SEED_STAGES = ("train", "evaluate")
 DEFAULT_TIMEOUTS: dict[str, float] = {"safety": 60.0, "smoke": 180.0, "trainability": 300.0, "evaluate": 600.0}
-TRAIN_TIMEOUT_FACTOR = 1.5
-TRAIN_TIMEOUT_MARGIN_S = 180.0
+SETUP_ALLOWANCE_S = 30.0
+"""Host-measured seconds a train stage may spend beyond its budget: interpreter and torch start-up, data
+loading, model building and the final checkpoint. A trainer that trains past its budget by any clock of
+its own is killed here, and the stage fails."""
+EVAL_CAP_FACTOR = 3.0
+EVAL_CAP_FLOOR_S = 60.0
+"""A candidate's evaluate stage is killed at max(EVAL_CAP_FLOOR_S, EVAL_CAP_FACTOR x the parent's)."""
 MANIFEST_VERSION = 1
-IGNORE_LABEL = -100
-PREDICTIONS_FILE = "predictions.npy"
+REPORT_MAX_BYTES = 1 << 20
+CHECKPOINT_MAX_BYTES = 4 << 30
+EVAL_ARRAYS = ("predictions", "init_predictions", "mode_eval", "mode_train", "mode_comparable")
 
 Progress = Callable[[str, "int | None", str, "StageRun | None"], None]
 
@@ -64,6 +81,7 @@ class StageRun:
     backend: str = ""
     error: str | None = None
     out_dir: str = ""
+    host_seconds: float = 0.0  # the command's duration as the host measured it
 
 
 @dataclass
@@ -80,6 +98,9 @@ class CascadeResult:
     isolation: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # per seed: steps, rates, checks, times
+    task_spec: dict[str, Any] = field(default_factory=dict)
+    heldout_split: str = "select"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,32 +168,7 @@ def write_manifest(
     return out_path
 
 
-# ------------------------------------------------------------------------------------------ data staging
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def stage_split(data_dir: Path, split: str, dest_root: Path, *, with_labels: bool) -> Path:
-    """A dataset root at dest_root holding only `split` (hard links, or copies across filesystems),
-    without the `*__labels.npy` files when with_labels is False."""
-    src = Path(data_dir) / split
-    if not (src / "dataset.json").is_file():
-        raise FileNotFoundError(f"{src}/dataset.json not found")
-    if dest_root.exists():
-        shutil.rmtree(dest_root)
-    (dest_root / split).mkdir(parents=True)
-    for item in src.iterdir():
-        if item.is_file() and (with_labels or not item.name.endswith("__labels.npy")):
-            _link_or_copy(item, dest_root / split / item.name)
-    identifiers = Path(data_dir) / "identifiers.json"
-    if identifiers.is_file():
-        _link_or_copy(identifiers, dest_root / "identifiers.json")
-    return dest_root
+# ------------------------------------------------------------------------------------------ staging
 
 
 def _make_readable(path: Path) -> None:
@@ -186,81 +182,62 @@ def _make_readable(path: Path) -> None:
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
 
 
-def load_test_labels(data_dir: Path) -> np.ndarray:
-    """Held-out labels in the harness's example order (sets concatenated), ignore label mapped to -100."""
-    split_dir = Path(data_dir) / "test"
-    meta = json.loads((split_dir / "dataset.json").read_text())
-    ignore = meta.get("ignore_label_id")
-    parts = []
-    for name in meta.get("sets") or ["all"]:
-        labels = np.load(split_dir / f"{name}__labels.npy", allow_pickle=False).astype(np.int64)
-        parts.append(np.where(labels == ignore, IGNORE_LABEL, labels) if ignore is not None else labels)
-    return np.concatenate(parts)
-
-
-def score(predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Exact (whole puzzle) and token accuracy, over positions whose label is not -100."""
-    if predictions.shape != labels.shape:
-        raise ValueError(f"predictions have shape {predictions.shape}, labels {labels.shape}")
-    valid = labels != IGNORE_LABEL
-    correct = (predictions == labels) & valid
-    rows = valid.any(axis=1)
-    exact = (correct.sum(axis=1) == valid.sum(axis=1)) & rows
-    return {
-        "exact_accuracy": float(exact.sum() / max(int(rows.sum()), 1)),
-        "token_accuracy": float(correct.sum() / max(int(valid.sum()), 1)),
-        "count": int(rows.sum()),
-    }
-
-
 # ------------------------------------------------------------------------------------------ one stage
 
 
-def _read_stage_json(out_dir: Path, stage: str) -> dict[str, Any] | None:
-    try:
-        data = json.loads((out_dir / f"{stage}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("ok"), bool):
-        return None
-    return data
-
-
-def _judge(stage: str, seed: int | None, result: SandboxResult, out_dir: Path, timeout_s: float) -> StageRun:
-    data = _read_stage_json(out_dir, stage)
-    run = StageRun(
-        stage=stage,
-        seed=seed,
-        ok=False,
-        reason="",
-        exit_code=result.exit_code,
-        timed_out=result.timed_out,
-        oom_killed=result.oom_killed,
-        duration_s=result.duration_s,
-        overhead_s=result.overhead_s,
-        timeout_s=timeout_s,
-        log_tail=result.log_tail,
-        backend=result.backend,
-        error=result.error,
-        out_dir=str(out_dir),
+def _base_run(stage: str, seed: int | None, result: SandboxResult, out_dir: Path, timeout_s: float) -> StageRun:
+    return StageRun(
+        stage=stage, seed=seed, ok=False, reason="", exit_code=result.exit_code, timed_out=result.timed_out,
+        oom_killed=result.oom_killed, duration_s=result.duration_s, overhead_s=result.overhead_s,
+        timeout_s=timeout_s, log_tail=result.log_tail, backend=result.backend, error=result.error,
+        out_dir=str(out_dir), host_seconds=result.duration_s,
     )
-    if data is not None:
-        run.metrics = dict(data.get("metrics") or {})
-        run.stage_seconds = float(data.get("seconds") or 0.0)
+
+
+def _judge(stage: str, seed: int | None, result: SandboxResult, out_dir: Path, timeout_s: float,
+           *, budget_seconds: float | None = None) -> StageRun:
+    """The host's verdict on one stage run: the sandbox's exit, the host clock, the files left in /out
+    (only plain files are read back) and the stage's measurements checked by evolver/gates.py."""
+    run = _base_run(stage, seed, result, out_dir, timeout_s)
+    problems = audit_tree(out_dir)
+    report: dict[str, Any] | None = None
+    if not problems:
+        try:
+            data = read_json(out_dir, f"{stage}.json", max_bytes=REPORT_MAX_BYTES)
+            report = data if isinstance(data, dict) else None
+        except FileNotFoundError:
+            report = None
+        except (UnsafeOutput, ValueError, UnicodeDecodeError) as exc:
+            problems.append(str(exc))
+    if report is not None:
+        run.metrics = dict(report.get("metrics") or {}) if isinstance(report.get("metrics"), dict) else {}
+        seconds = report.get("seconds")
+        run.stage_seconds = float(seconds) if isinstance(seconds, (int, float)) else None
     if result.error:
         run.reason = f"sandbox error: {result.error}"
+    elif problems:
+        run.reason = "the stage left files the host will not read: " + "; ".join(problems[:5])
+    elif result.timed_out and stage == "train" and budget_seconds is not None:
+        run.reason = (f"killed by the host clock after {result.duration_s:.1f}s: the train budget is "
+                      f"{budget_seconds:g}s plus a {timeout_s - budget_seconds:g}s setup allowance, so the "
+                      "trainer ran past its budget")
     elif result.timed_out:
-        run.reason = f"timed out after {timeout_s:.0f}s (killed)"
+        run.reason = f"timed out after {timeout_s:.0f}s (killed by the host)"
     elif result.oom_killed:
         run.reason = "killed: out of memory"
-    elif data is None:
+    elif report is None:
         run.reason = f"no valid {stage}.json written (exit code {result.exit_code})"
-    elif not data["ok"]:
-        run.reason = str(data.get("reason") or "stage failed without a reason")
-    elif result.exit_code != 0:
-        run.reason = f"{stage}.json says ok but the process exited with {result.exit_code}"
+    elif result.duration_s > timeout_s:
+        run.reason = (f"ran {result.duration_s:.1f}s by the host clock, past its {timeout_s:g}s limit"
+                      + (f" (budget {budget_seconds:g}s + setup allowance)" if budget_seconds is not None else ""))
     else:
-        run.ok = True
+        gate: Gate = judge_report(stage, report)
+        if not gate.ok:
+            run.reason = gate.reason
+        elif result.exit_code != 0:
+            run.reason = f"{stage}.json says ok but the process exited with {result.exit_code}"
+        else:
+            run.ok = True
     return run
 
 
@@ -269,6 +246,17 @@ def _fresh_dir(path: Path) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
+
+
+def eval_time_cap(parent_eval_seconds: float | None) -> float:
+    """The evaluate stage's wall clock for a candidate whose parent's took ``parent_eval_seconds``."""
+    if not parent_eval_seconds:
+        return DEFAULT_TIMEOUTS["evaluate"]
+    return max(EVAL_CAP_FLOOR_S, EVAL_CAP_FACTOR * float(parent_eval_seconds))
+
+
+def _read_eval_arrays(out_dir: Path) -> dict[str, np.ndarray]:
+    return {name: read_array(out_dir, f"{name}.npy") for name in EVAL_ARRAYS}
 
 
 # ------------------------------------------------------------------------------------------ the cascade
@@ -280,7 +268,7 @@ def run_cascade(
     data_dir: Path,
     out_dir: Path,
     *,
-    task: str,
+    task: str | TaskSpec,
     seeds: Sequence[int],
     budget_seconds: float,
     backend: Backend | str = "auto",
@@ -295,61 +283,73 @@ def run_cascade(
     trainability_steps: int | None = None,
     label: str = "",
     warn: Callable[[str], None] | None = None,
+    heldout_split: str = "select",
+    setup_allowance_s: float = SETUP_ALLOWANCE_S,
+    eval_cap_s: float | None = None,
 ) -> CascadeResult:
-    """Run the requested stages in order (train + evaluate per seed), stopping at the first failure."""
+    """Run the requested stages in order (train + evaluate per seed), stopping at the first failure.
+
+    ``candidate_dir`` is a tree holding the candidate's ``hrm/`` (only that package is copied into the
+    sandbox); ``harness_dir`` the pristine harness copy; ``data_dir`` the host-only run data with
+    ``train`` and the held-out splits, of which ``heldout_split`` is scored.
+    """
     unknown = [s for s in stages if s not in ALL_STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; known: {ALL_STAGES}")
     if not seeds and any(s in PER_SEED_STAGES for s in stages):
         raise ValueError("train/evaluate need at least one seed")
+    spec_task = get_task(task) if isinstance(task, str) else task
     started = time.perf_counter()
     candidate_dir, harness_dir = Path(candidate_dir).resolve(), Path(harness_dir).resolve()
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     box = get_backend(backend, warn=warn) if isinstance(backend, str) else backend
     limits = dict(DEFAULT_TIMEOUTS)
-    limits["train"] = budget_seconds * TRAIN_TIMEOUT_FACTOR + TRAIN_TIMEOUT_MARGIN_S
+    limits["train"] = float(budget_seconds) + float(setup_allowance_s)
+    if eval_cap_s is not None:
+        limits["evaluate"] = float(eval_cap_s)
     limits.update(timeouts or {})
 
     staged = out_dir / "staged"
-    train_data = stage_split(data_dir, "train", staged / "train-split", with_labels=True)
-    test_data = stage_split(data_dir, "test", staged / "test-sealed", with_labels=False) if "evaluate" in stages else None
+    code = stage_candidate(candidate_dir, staged / "candidate")
+    train_data = train_view(data_dir, staged / "train-split")
+    test_data = sealed_view(data_dir, heldout_split, staged / "heldout-sealed") if "evaluate" in stages else None
     manifest_dir = None
     if manifest is not None:
         manifest_dir = _fresh_dir(staged / "manifest")
         shutil.copy2(manifest, manifest_dir / "manifest.json")
     _make_readable(staged)
 
-    result = CascadeResult(ok=True, task=task, seeds=list(seeds), stages=[], backend=getattr(box, "name", ""))
-    base_mounts = [Mount(candidate_dir, "/candidate"), Mount(harness_dir, "/harness")]
+    result = CascadeResult(ok=True, task=spec_task.name, seeds=list(seeds), stages=[],
+                           backend=getattr(box, "name", ""), task_spec=spec_task.to_dict(),
+                           heldout_split=heldout_split)
+    base_mounts = [Mount(code, "/candidate"), Mount(harness_dir, "/harness")]
     env = {
-        "PYTHONPATH": "/harness:/candidate",
+        "PYTHONPATH": "/harness",
         "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONSAFEPATH": "1",  # the working directory (/out, which the candidate writes) is not on sys.path
         "PYTHONUNBUFFERED": "1",
         "HRM_THREADS": str(threads),
         "OMP_NUM_THREADS": str(threads),
         "HOME": "/tmp",
     }
 
-    plan: list[tuple[str, int | None]] = []
-    for stage in ALL_STAGES:
-        if stage not in stages:
-            continue
-        if stage in PER_SEED_STAGES:
-            continue
-        plan.append((stage, None))
+    plan: list[tuple[str, int | None]] = [(s, None) for s in ALL_STAGES if s in stages and s not in PER_SEED_STAGES]
     for seed in seeds:
         plan += [(stage, int(seed)) for stage in PER_SEED_STAGES if stage in stages]
 
-    train_outputs: dict[int, Path] = {}
+    checkpoints: dict[int, Path] = {}
+    evidence: dict[int, dict[str, Any]] = {}
     labels: np.ndarray | None = None
+    inputs: np.ndarray | None = None
     for stage, seed in plan:
         name = stage if seed is None else f"{stage}-seed{seed}"
         stage_out = _fresh_dir(out_dir / name)
         os.chmod(stage_out, 0o777)
         command = [
-            "python", "-m", "smoketests", stage, "--repo", "/candidate", "--data", "/data", "--out", "/out",
-            "--task", task, "--seed", str(seed if seed is not None else (seeds[0] if seeds else 0)),
+            "python", "-s", "-P", "-m", "smoketests", stage, "--repo", "/candidate", "--data", "/data", "--out", "/out",
+            "--task", spec_task.name, "--seed", str(seed if seed is not None else (seeds[0] if seeds else 0)),
             "--budget-seconds", str(budget_seconds), "--threads", str(threads),
         ]
         mounts = list(base_mounts)
@@ -360,11 +360,10 @@ def run_cascade(
             command[command.index("--data") + 1] = "/candidate"  # safety reads no data
         elif stage == "evaluate":
             assert test_data is not None and seed is not None
-            mounts.append(Mount(test_data, "/data"))
-            if seed not in train_outputs:
+            if seed not in checkpoints:
                 raise ValueError("evaluate needs the train stage in the same cascade")
-            mounts.append(Mount(train_outputs[seed], "/train"))
-            command += ["--checkpoint", "/train/checkpoint.pt"]
+            mounts += [Mount(test_data, "/data"), Mount(checkpoints[seed].parent, "/train")]
+            command += ["--checkpoint", "/train/checkpoint.pt", "--segments", str(spec_task.eval_segments)]
         else:
             mounts.append(Mount(train_data, "/data"))
         if stage == "trainability" and trainability_steps:
@@ -379,26 +378,47 @@ def run_cascade(
         outcome = box.run(spec)
         if not result.isolation:
             result.isolation, result.missing = list(outcome.isolation), list(outcome.missing)
-        run = _judge(stage, seed, outcome, stage_out, float(limits[stage]))
+        run = _judge(stage, seed, outcome, stage_out, float(limits[stage]),
+                     budget_seconds=float(budget_seconds) if stage == "train" else None)
         if run.ok and stage == "train":
-            train_outputs[int(seed or 0)] = stage_out / "train"
-            _make_readable(stage_out)
+            assert seed is not None
+            try:  # only the checkpoint goes on, copied into a fresh host directory
+                checkpoints[seed] = copy_out(stage_out, "train/checkpoint.pt",
+                                             _fresh_dir(staged / f"checkpoint-seed{seed}") / "checkpoint.pt",
+                                             max_bytes=CHECKPOINT_MAX_BYTES)
+                _make_readable(checkpoints[seed].parent)
+            except (OSError, UnsafeOutput) as exc:
+                run.ok, run.reason = False, f"no readable checkpoint: {exc}"
+            evidence[seed] = {"seed": seed, "train_host_seconds": round(outcome.duration_s, 3),
+                              "budget_seconds": float(budget_seconds), "setup_allowance_s": float(setup_allowance_s),
+                              "steps": run.metrics.get("steps"), "claimed_seconds": run.metrics.get("seconds"),
+                              "steps_per_second": run.metrics.get("steps_per_second")}
         if run.ok and stage == "evaluate":
+            assert seed is not None
             try:
-                predictions = np.load(stage_out / PREDICTIONS_FILE, allow_pickle=False)
-                labels = load_test_labels(data_dir) if labels is None else labels
-                scored = score(predictions.astype(np.int64), labels)
-            except (OSError, ValueError) as exc:
-                run.ok, run.reason = False, f"predictions not scorable: {exc}"
+                arrays = _read_eval_arrays(stage_out)
+                if labels is None:
+                    labels, inputs = load_labels(data_dir, heldout_split), load_inputs(data_dir, heldout_split)
+                assert inputs is not None
+                gate, numbers = judge_evaluation(arrays, labels, inputs)
+            except (OSError, UnsafeOutput, ValueError) as exc:
+                gate, numbers = Gate(False, f"evaluate outputs not scorable: {exc}"), {}
+            run.metrics.update({f"host_{k}": v for k, v in numbers.items()})
+            ev = evidence.setdefault(seed, {"seed": seed})
+            ev.update({"eval_host_seconds": round(outcome.duration_s, 3),
+                       "eval_segments": spec_task.eval_segments,
+                       "parameters": run.metrics.get("parameters"), **numbers})
+            if not gate.ok:
+                run.ok, run.reason = False, gate.reason
             else:
-                run.metrics.update(scored)
-                result.scores.setdefault("exact_accuracy", []).append(scored["exact_accuracy"])
-                result.scores.setdefault("token_accuracy", []).append(scored["token_accuracy"])
+                result.scores.setdefault("exact_accuracy", []).append(numbers["exact_accuracy"])
+                result.scores.setdefault("token_accuracy", []).append(numbers["token_accuracy"])
         result.stages.append(run)
         if progress:
             progress(stage, seed, "ok" if run.ok else "failed", run)
         if not run.ok:
             result.ok, result.failed_stage, result.failed_seed, result.reason = False, stage, seed, run.reason
             break
+    result.evidence = [evidence[s] for s in sorted(evidence)]
     result.seconds = time.perf_counter() - started
     return result

@@ -34,8 +34,9 @@ def add_run_command(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "run", help="run the evolution loop (the default command)",
         description="Measure the baseline, then each cycle: propose -> apply on a candidate branch -> sandbox "
-                    "cascade -> compare on the same seeds and budget -> merge (with --auto-apply) or wait for "
-                    "`evolve.py review`. Settings: flags > HRM_* environment > .env > defaults.")
+                    "gates -> seed pairs of parent and candidate side by side until the sequential rule decides "
+                    "-> confirmation on fresh seeds -> merge (with --auto-apply) or wait for `evolve.py review`. "
+                    "Settings: flags > HRM_* environment > .env > defaults.")
     p.add_argument("--repo", default=".", help="the repository to evolve (default: .)")
     p.add_argument("--provider", choices=["lmstudio", "openai", "ollama", "offline"], default=None)
     p.add_argument("--model", default=None, help="model name for the provider")
@@ -43,9 +44,19 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--fallback-provider", default=None,
                    help="provider to switch to when the LLM server is unreachable (e.g. offline)")
     p.add_argument("--task", default=None, help="HRM preset/task to score on (default sudoku4)")
-    p.add_argument("--seeds", type=_seeds, default=None, help="comma-separated training seeds (default 0,1)")
+    p.add_argument("--seeds", type=_seeds, default=None,
+                   help="the first selection seeds of every candidate (default 0,1,2); more are added while the "
+                        "candidate is promising but undecided")
+    p.add_argument("--max-seeds", type=int, default=None, help="cap on selection seed pairs (default 10)")
+    p.add_argument("--confirm-seeds", type=int, default=None,
+                   help="fresh seed pairs a selected candidate must be confirmed on (default 6)")
+    p.add_argument("--serial-pairs", action="store_false", default=None, dest="side_by_side",
+                   help="train the two sides of a pair one after the other (default: side by side)")
     p.add_argument("--budget-seconds", type=_positive_float, default=None,
-                   help="training budget per seed, enforced by the harness")
+                   help="training budget per seed; the host kills a train stage at this plus "
+                        "--setup-allowance seconds of its own clock")
+    p.add_argument("--setup-allowance", type=_positive_float, default=None, dest="setup_allowance_seconds",
+                   help="host-measured seconds a train stage may take beyond its budget (default 30)")
     p.add_argument("--cycles", type=int, default=None, help="number of cycles (0 = until stopped)")
     p.add_argument("--max-runtime", type=_positive_float, default=None, dest="max_runtime_seconds",
                    help="stop starting cycles after this many seconds")
@@ -72,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = repo_toplevel(args.repo)
     keys = ("provider", "model", "host", "fallback_provider", "task", "seeds", "budget_seconds", "cycles",
             "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "metric",
-            "literature")
+            "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     # A second Ctrl-C while the loop is cleaning up should not leave a half-written record: the loop catches
     # the first one; SIGTERM is turned into the same clean stop.

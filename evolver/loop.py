@@ -18,32 +18,34 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from evolver.cascade import ALL_STAGES, CascadeResult, StageRun, run_cascade, write_manifest
+from evolver.cascade import CascadeResult, StageRun, eval_time_cap, run_cascade, write_manifest
 from evolver.display import LoopDisplay
+from evolver.harness_copy import harness_digest, pristine_harness
+from evolver.judge import CandidateJudge, Judgement, SeedPair, SideRun
 from evolver.literature import literature_context
 from evolver.patch import EditError, apply_edits
 from evolver.paths import PROTECTED_PATHS, PathPolicy, PathRejected
+from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
 from evolver.prompt import HistoryItem, build_prompt
 from evolver.providers import ProviderError, get_provider
 from evolver.providers.base import Provider
 from evolver.record import EvolutionRecord, MergeConflict, RecordError
 from evolver.repo_summary import build_repo_summary
 from evolver.resources import check_resources
-from evolver.scoring import compare
 from evolver.settings import Settings
 from evolver.store import ProposalStore
 from proposals.schema import Proposal, proposal_json_schema
+from puzzles.splits import ensure_run_data
+from puzzles.tasks import get_task
 from sandbox import get_backend
 
-ENGINE_ROOT = Path(__file__).resolve().parent.parent  # holds smoketests/, the trusted harness
-HARNESS_VERSION = "1"  # bump when the harness's scoring changes: invalidates cached baselines
+GATE_STAGES = ("safety", "smoke", "trainability")
 
 
 class StopRun(Exception):
@@ -70,10 +72,15 @@ class Baseline:
     scores: list[float]
     seconds: float
     cached: bool = False
+    evidence: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"commit": self.commit, "tree": self.tree, "seeds": self.seeds, "scores": self.scores,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "evidence": self.evidence}
+
+    def eval_seconds(self) -> float | None:
+        times = [float(e["eval_host_seconds"]) for e in self.evidence if e.get("eval_host_seconds")]
+        return max(times) if times else None
 
 
 @dataclass
@@ -90,14 +97,14 @@ class EvolutionLoop:
     """One evolution run over the repository at `repo`, recorded on `evolve/<run-id>/best`."""
 
     def __init__(self, repo: Path, settings: Settings, *, run_id: str | None = None,
-                 display: LoopDisplay | None = None, harness_dir: Path = ENGINE_ROOT,
+                 display: LoopDisplay | None = None, harness_dir: Path | None = None,
                  provider: Provider | None = None) -> None:
         self.repo = Path(repo).resolve()
         self.settings = settings
         self.state = settings.state_path(self.repo)
         self.state.mkdir(parents=True, exist_ok=True)
         self.display = display or LoopDisplay(live=False)
-        self.harness_dir = Path(harness_dir)
+        self._harness_dir = Path(harness_dir) if harness_dir is not None else None
         self.record = EvolutionRecord(self.repo, run_id)
         self.store = ProposalStore(self.record)
         self.run_id = self.record.run_id
@@ -110,6 +117,19 @@ class EvolutionLoop:
         self.outcomes: list[CycleOutcome] = []
         self.stop_reason: str | None = None
         self._save_run_settings()
+        first = max(2, len(settings.seeds))
+        self.selection_rule = SelectionRule(min_seeds=first, max_seeds=max(settings.max_seeds, first),
+                                            min_mean_gain=settings.margin)
+        self.confirmation_rule = ConfirmationRule(seeds=settings.confirm_seeds, min_mean_gain=settings.margin)
+        control = self.run_dir / "error_control.json"
+        self.control = (RunErrorControl.from_dict(json.loads(control.read_text())) if control.exists()
+                        else RunErrorControl())
+
+    def _save_control(self) -> None:
+        path = self.run_dir / "error_control.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.control.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
 
     # ------------------------------------------------------------------ setup
     def _save_run_settings(self) -> None:
@@ -141,21 +161,20 @@ class EvolutionLoop:
                                         warn=lambda m: self.display.log(f"[yellow]sandbox:[/] {m}"))
         return self._backend
 
+    @property
+    def harness_dir(self) -> Path:
+        """The pristine read-only harness copy every stage mounts (never the engine root)."""
+        if self._harness_dir is None:
+            self._harness_dir = pristine_harness(self.state)
+        return self._harness_dir
+
     def data_dir(self) -> Path:
-        """The task's dataset, built once by the trusted code of the run's base (hrm/data is protected)."""
-        base = self.record.run_worktree()
-        data_tree = _git(["rev-parse", "HEAD:hrm/data"], base)
-        out = self.state / "data" / f"{self.settings.task}-{data_tree[:12]}"
-        if (out / "test" / "dataset.json").exists() and (out / "train" / "dataset.json").exists():
-            return out
-        self.display.stage("data", f"building the {self.settings.task} dataset")
-        tmp = out.with_name(out.name + ".tmp")
-        subprocess.run([sys.executable, "-m", "hrm", "data", "build", "--task", self.settings.task,
-                        "--out", str(tmp), "--seed", "0"], cwd=base, check=True, capture_output=True, text=True)
-        if out.exists():
-            raise StopRun(f"dataset directory {out} exists but is incomplete; remove it and restart")
-        os.replace(tmp, out)
-        return out
+        """The run's train/select/final splits, built on the host by trusted code (puzzles/) from the run's
+        secret seed, which stays in the run's state directory, outside every mount."""
+        spec = get_task(self.settings.task)
+        if not (self.run_dir / "data" / "select" / "dataset.json").exists():
+            self.display.stage("data", f"building the {spec.name} splits from this run's secret seed")
+        return ensure_run_data(self.run_dir, spec)
 
     # ------------------------------------------------------------------ measuring
     def _hrm_tree(self, rev: str) -> str:
@@ -163,20 +182,21 @@ class EvolutionLoop:
 
     def _baseline_key(self, tree: str) -> str:
         s = self.settings
-        raw = json.dumps([tree, s.task, s.budget_seconds, s.seeds, s.metric, HARNESS_VERSION])
+        raw = json.dumps([tree, s.task, s.budget_seconds, s.seeds, s.metric, harness_digest(), self.run_id])
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     def _cascade(self, worktree: Path, out: Path, stages: tuple[str, ...], changed: list[str],
-                 parent: str) -> CascadeResult:
+                 parent: str, eval_cap_s: float | None = None) -> CascadeResult:
         s = self.settings
         out.mkdir(parents=True, exist_ok=True)
-        protected = [p for p in PROTECTED_PATHS if not p.startswith(".git")]
-        manifest = write_manifest(self.repo, parent, worktree, changed, protected, out_path=out / "manifest.json")
+        # Nothing inside hrm/ is protected; edits outside it never reach a cascade (the path policy).
+        manifest = write_manifest(self.repo, parent, worktree, changed, [], out_path=out / "manifest.json")
         result = run_cascade(
             worktree, self.harness_dir, self.data_dir(), out,
             task=s.task, seeds=list(s.seeds), budget_seconds=s.budget_seconds, backend=self.backend,
             stages=stages, manifest=manifest, gpus=s.gpus, memory_mb=s.memory_mb, cpus=s.cpus,
-            threads=s.threads, label=self.run_id, progress=self._on_stage,
+            threads=s.threads, label=self.run_id, progress=self._on_stage, eval_cap_s=eval_cap_s,
+            setup_allowance_s=s.setup_allowance_seconds,
         )
         result.save(out / "cascade.json")
         return result
@@ -195,7 +215,8 @@ class EvolutionLoop:
         cache = self.state / "baselines" / f"{self._baseline_key(tree)}.json"
         if cache.exists():
             data = json.loads(cache.read_text())
-            self.baseline = Baseline(best, tree, data["seeds"], data["scores"], data["seconds"], cached=True)
+            self.baseline = Baseline(best, tree, data["seeds"], data["scores"], data["seconds"], cached=True,
+                                     evidence=list(data.get("evidence") or []))
             return self.baseline
         self.display.stage("baseline", f"measuring {best[:10]} on seeds {self.settings.seeds}")
         out = self.run_dir / "baseline" / tree[:12]
@@ -203,7 +224,8 @@ class EvolutionLoop:
         if not result.ok:
             raise StopRun(f"the baseline itself failed at stage {result.failed_stage}: {result.reason}")
         scores = [float(x) for x in result.scores[self.settings.metric]]
-        self.baseline = Baseline(best, tree, list(self.settings.seeds), scores, result.seconds)
+        self.baseline = Baseline(best, tree, list(self.settings.seeds), scores, result.seconds,
+                                 evidence=result.evidence)
         self._cache_baseline(self.baseline)
         return self.baseline
 
@@ -292,64 +314,105 @@ class EvolutionLoop:
 
     def _run_candidate(self, cand: Any, proposal: Proposal, result: dict[str, Any],
                        timings: dict[str, float]) -> CycleOutcome:
+        """The gates (safety, smoke, trainability) on the candidate alone, then the judgement: seed pairs
+        of parent and candidate measured side by side until the promotion rules decide."""
         s = self.settings
         pid = cand.proposal_id
         assert self.baseline is not None
         changed = sorted({e.file for e in proposal.edits})
         out = self.run_dir / "candidates" / pid
-        cascade = self._cascade(cand.path, out, ALL_STAGES, changed, cand.parent)
-        result["stages"] = cascade.to_dict()["stages"]
-        for run in cascade.stages:
+        gates = self._cascade(cand.path, out / "gates", GATE_STAGES, changed, cand.parent)
+        result["stages"] = gates.to_dict()["stages"]
+        for run in gates.stages:
             timings[run.stage] = timings.get(run.stage, 0.0) + float(run.duration_s)
         try:
-            if not cascade.ok:
-                self.record.record_result(cand, f"failed:{cascade.failed_stage}", reason=cascade.reason)
-                where = cascade.failed_stage if cascade.failed_seed is None else (
-                    f"{cascade.failed_stage} (seed {cascade.failed_seed})")
-                return self._finish(result, "failed", cascade.failed_stage, f"{where}: {cascade.reason}", timings)
-            comp = compare(list(s.seeds), self.baseline.scores, [float(x) for x in cascade.scores[s.metric]],
-                           margin=s.margin, confidence=s.confidence)
-            result["comparison"] = comp.to_dict()
+            if not gates.ok:
+                self.record.record_result(cand, f"failed:{gates.failed_stage}", reason=gates.reason)
+                return self._finish(result, "failed", gates.failed_stage, f"{gates.failed_stage}: {gates.reason}",
+                                    timings)
+            judgement = self._judge(cand, out, timings)
+            result["judgement"] = judgement.to_dict()
+            result["error_control"] = self.control.to_dict()
+            self._save_control()
+            if judgement.verdict == "failed":
+                self.record.record_result(cand, f"failed:{judgement.failed_stage}", reason=judgement.reason)
+                return self._finish(result, "failed", judgement.failed_stage, judgement.reason, timings)
+            comp = _comparison(judgement, s.metric)
+            result["comparison"] = comp
             result["baseline"] = self.baseline.to_dict()
-            scores = {"score": statistics.fmean(comp.candidate), "delta": comp.mean_gain,
-                      "baseline": statistics.fmean(comp.baseline)}
-            if comp.lower_bound is not None:
-                scores["lower_bound"] = comp.lower_bound
-            if comp.verdict == "merge" and s.auto_apply:
+            scores = {k: comp[src] for k, src in (("score", "score"), ("delta", "delta"), ("baseline", "baseline_mean"),
+                                                  ("lower_bound", "lower_bound")) if comp.get(src) is not None}
+            trailers = {"rule": judgement.rule, "reason": judgement.reason,
+                        "seeds": comp["seeds"], "confirmation-seeds": comp["confirmation_seeds"]}
+            if judgement.verdict == "merge" and s.auto_apply:
                 try:
-                    merge = self.record.merge_candidate(cand, scores, metrics={"rule": comp.rule,
-                                                                              "reason": comp.reason})
+                    merge = self.record.merge_candidate(cand, scores, metrics=trailers)
                 except MergeConflict as exc:
                     self.record.record_result(cand, "rejected", scores, reason=str(exc))
                     return self._finish(result, "rejected", None, str(exc), timings, comp)
                 result["merge_commit"] = merge
-                self._adopt(cand, comp.candidate)
-                return self._finish(result, "merged", None, comp.reason, timings, comp)
-            if comp.verdict == "merge":
-                self.record.record_result(cand, "pending-review", scores, reason=comp.reason)
+                self._adopt(cand, [])
+                return self._finish(result, "merged", None, judgement.reason, timings, comp)
+            if judgement.verdict == "merge":
+                self.record.record_result(cand, "pending-review", scores, reason=judgement.reason)
                 return self._finish(result, "pending-review", None,
-                                    comp.reason + "; run `python evolve.py review` to approve", timings, comp)
-            verdict = "inconclusive" if comp.verdict == "inconclusive" else "rejected"
-            self.record.record_result(cand, verdict, scores, reason=comp.reason)
-            return self._finish(result, verdict, None, comp.reason, timings, comp)
+                                    judgement.reason + "; run `python evolve.py review` to approve", timings, comp)
+            self.record.record_result(cand, judgement.verdict, scores, reason=judgement.reason)
+            return self._finish(result, judgement.verdict, None, judgement.reason, timings, comp)
         finally:
             self.record.remove_candidate(cand)
 
+    def _judge(self, cand: Any, out: Path, timings: dict[str, float]) -> Judgement:
+        s = self.settings
+        assert self.baseline is not None
+        eval_cap = eval_time_cap(self.baseline.eval_seconds())
+        side_by_side = bool(s.side_by_side)
+        threads = max(1, s.threads // 2) if side_by_side else s.threads
+        cpus = max(1.0, s.cpus / 2) if side_by_side else s.cpus
+        trees = {"parent": self.record.run_worktree(), "candidate": cand.path}
+
+        def measure(side: str, seed: int, phase: str) -> SideRun:
+            where = out / f"{phase}-seed{seed}-{side}"
+            res = run_cascade(
+                trees[side], self.harness_dir, self.data_dir(), where, task=s.task, seeds=[seed],
+                budget_seconds=s.budget_seconds, backend=self.backend, stages=("train", "evaluate"),
+                gpus=s.gpus, memory_mb=s.memory_mb, cpus=cpus, threads=threads, label=f"{self.run_id}-{side}",
+                progress=self._on_stage if side == "candidate" else None,
+                eval_cap_s=eval_cap if side == "candidate" else None, setup_allowance_s=s.setup_allowance_seconds,
+            )
+            res.save(where / "cascade.json")
+            for run in res.stages:
+                key = run.stage if side == "candidate" else f"parent-{run.stage}"
+                timings[key] = timings.get(key, 0.0) + float(run.duration_s)
+            if not res.ok:
+                return SideRun(False, reason=res.reason, failed_stage=res.failed_stage,
+                               evidence=res.evidence[0] if res.evidence else {})
+            return SideRun(True, float(res.scores[s.metric][0]), evidence=res.evidence[0])
+
+        def on_pair(pair: SeedPair) -> None:
+            what = "void: " + pair.void_reason if pair.void else (
+                f"parent {pair.parent:.3f} candidate {pair.candidate:.3f} gain {pair.gain:+.3f}"
+                if pair.gain is not None else "not scored")
+            self.display.log(f"{cand.proposal_id} {pair.phase} seed {pair.seed}: {what}")
+
+        judge = CandidateJudge(measure, selection=self.selection_rule, confirmation=self.confirmation_rule,
+                               control=self.control, first_seeds=list(s.seeds), side_by_side=side_by_side,
+                               tolerance=s.throughput_tolerance, on_pair=on_pair)
+        return judge.judge()
+
     def _adopt(self, cand: Any, scores: list[float]) -> None:
-        """A merged candidate is the new best; its scores, measured under the same seeds and budget, are the
-        new baseline (the merge commit's hrm/ tree equals the candidate's)."""
-        best = self.record.best_commit()
-        self.baseline = Baseline(best, self._hrm_tree(best), list(self.settings.seeds), list(scores), 0.0)
-        self._cache_baseline(self.baseline)
+        """A merged candidate is the new best. Its selection-time scores are biased upward by the selection,
+        so they are never its baseline: the new best is measured afresh before the next comparison."""
+        self.baseline = None
 
     def _finish(self, result: dict[str, Any], verdict: str, failed_stage: str | None, reason: str,
-                timings: dict[str, float], comp: Any = None) -> CycleOutcome:
+                timings: dict[str, float], comp: dict[str, Any] | None = None) -> CycleOutcome:
         result.update(verdict=verdict, failed_stage=failed_stage, reason=reason, timings=timings,
                       finished=_now())
         result["non_training_share"] = _non_training_share(timings)
         self.store.save_result(result["proposal_id"], result)
-        score = _mean(comp.candidate) if comp is not None else None
-        delta = comp.mean_gain if comp is not None else None
+        score = comp.get("score") if comp else None
+        delta = comp.get("delta") if comp else None
         outcome = CycleOutcome(result["proposal_id"], verdict, reason, score, delta, timings)
         self.display.upsert({"id": outcome.proposal_id, "stage": failed_stage or "done", "verdict": verdict,
                              "score": score, "delta": delta, "reason": reason})
@@ -461,6 +524,8 @@ class EvolutionLoop:
         return check_resources(self.state, s.min_free_disk_gb, s.min_free_memory_gb)
 
     def _one_cycle(self, cycle: int) -> None:
+        if self.baseline is None or self.baseline.commit != self.record.best_commit():
+            self.measure_baseline()
         try:
             proposal, info = self.propose(cycle)
         except ProviderError as exc:
@@ -484,9 +549,48 @@ class EvolutionLoop:
         self.outcomes.append(CycleOutcome(None, "invalid", reason))
 
 
+def _comparison(judgement: Judgement, metric: str) -> dict[str, Any]:
+    """The verdict's evidence in the shape history, review and the report read: the selection pairs (seeds,
+    parent and candidate scores, gains), the confirmation pairs, the decisions and the rule."""
+    j = judgement.to_dict()
+    sel_gains = [g for g in j["selection_gains"] if g is not None]
+    cand = [c for c in j["selection_candidate"] if c is not None]
+    base = [b for b in j["selection_parent"] if b is not None]
+    decision = judgement.confirmation or judgement.selection
+    numbers = decision.numbers if decision else {}
+    return {
+        "metric": metric,
+        "verdict": judgement.verdict,
+        "reason": judgement.reason,
+        "rule": judgement.rule,
+        "seeds": j["selection_seeds"],
+        "candidate": cand,
+        "baseline": base,
+        "gains": sel_gains,
+        "confirmation_seeds": j["confirmation_seeds"],
+        "confirmation_candidate": j["confirmation_candidate"],
+        "confirmation_baseline": j["confirmation_parent"],
+        "confirmation_gains": j["confirmation_gains"],
+        "confirmation_level": judgement.confirmation_level,
+        "mean_gain": statistics.fmean(sel_gains) if sel_gains else None,
+        "score": statistics.fmean(cand) if cand else None,
+        "delta": statistics.fmean(sel_gains) if sel_gains else None,
+        "baseline_mean": statistics.fmean(base) if base else None,
+        "lower_bound": numbers.get("lower_bound"),
+        "void_pairs": sum(1 for p in judgement.pairs if p.void),
+        "throughput": [{"seed": p.seed, "phase": p.phase, "void": p.void,
+                        "parent_steps_per_second": p.parent_evidence.get("steps_per_second"),
+                        "candidate_steps_per_second": p.candidate_evidence.get("steps_per_second"),
+                        "parent_steps": p.parent_evidence.get("steps"),
+                        "candidate_steps": p.candidate_evidence.get("steps"),
+                        "load_before": p.load_before, "load_after": p.load_after} for p in judgement.pairs],
+    }
+
+
 def _non_training_share(timings: dict[str, float]) -> float | None:
     total = sum(timings.values())
     if not total:
         return None
-    return 1 - sum(v for k, v in timings.items() if k in ("train", "evaluate")) / total
+    return 1 - sum(v for k, v in timings.items() if k in ("train", "evaluate", "parent-train",
+                                                         "parent-evaluate")) / total
 

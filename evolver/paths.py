@@ -2,9 +2,8 @@
 
 `PathPolicy.check(root, path)` turns a repo-relative posix path into an absolute path inside `root`, or raises
 `PathRejected` with the reason: absolute paths, `..` escapes, symlinks anywhere along the path, paths outside the
-allowed prefixes, and protected paths (the engine, the sandbox, the harness, the tests, packaging, and the parts
-of `hrm/` that define the evaluation: the evaluator and the data generators, so the held-out split and the
-budgets cannot be changed by the code being evolved).
+allowed prefixes, and protected paths (the engine, the sandbox, the harness and the trusted task code in `puzzles/`, the tests,
+packaging). Every file of `hrm/` may be edited: nothing the verdict depends on lives there.
 """
 
 from __future__ import annotations
@@ -25,8 +24,7 @@ PROTECTED_PATHS: tuple[str, ...] = (
     "tests/",
     "evolve.py",
     "pyproject.toml",
-    "hrm/evaluate.py",  # the metric
-    "hrm/data/",  # data generation: the held-out split must stay fixed
+    "puzzles/",  # the trusted task code: generators, splits, scoring
 )
 """Paths no edit may touch. Entries ending in "/" protect a whole folder, others one exact file.
 Matching is case-insensitive so that case-insensitive file systems cannot alias a protected path."""

@@ -19,8 +19,17 @@ class Settings:
     model: str | None = None  # provider model name; None = the provider's default
     host: str | None = None  # provider base URL; None = the provider's default
     fallback_provider: str | None = None  # e.g. "offline" when the LLM server is unreachable
+    context_tokens: int | None = None  # the server's context size when it does not say (Ollama: sent as num_ctx)
+    max_reply_tokens: int | None = None  # sent as max_tokens; None = a quarter of the context (512..4096)
+    llm_timeout: float = 120.0  # seconds to wait for the server's first chunk and between chunks
+    llm_retries: int = 3  # retries after a timeout, a dropped connection or HTTP 5xx
     task: str = "sudoku4"
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the first selection seeds of every candidate
+    max_seeds: int = 10  # selection stops at this many seed pairs (sequential rule: evolver/promotion.py)
+    confirm_seeds: int = 6  # fresh seed pairs a selected candidate is confirmed on
+    side_by_side: bool = True  # train parent and candidate of a pair at the same time, half the machine each
+    throughput_tolerance: float = 0.25  # a pair whose parent ran this much off its median steps/s is void
+    setup_allowance_seconds: float = 30.0  # host-measured seconds a train stage may take beyond its budget
     budget_seconds: float = 75.0  # training budget per seed, set by the harness, not by candidate code
     cycles: int = 3  # 0 = until --max-runtime or Ctrl-C
     max_runtime_seconds: float | None = None
@@ -49,6 +58,29 @@ class Settings:
         return p if p.is_absolute() else Path(repo) / p
 
 
+# Fields whose default is None, by the type a value takes.
+OPTIONAL_TYPES: dict[str, type] = {"max_runtime_seconds": float, "context_tokens": int, "max_reply_tokens": int}
+POSITIVE = ("context_tokens", "max_reply_tokens", "llm_timeout")
+NON_NEGATIVE = ("llm_retries",)
+
+
+def _number(value: str, kind: type, name: str) -> Any:
+    try:
+        return kind(value.strip())
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected {what}, got {value!r}") from None
+
+
+def _check(name: str, value: Any) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if name in POSITIVE and value <= 0:
+        raise ValueError(f"{name} ({ENV_PREFIX}{name.upper()}) must be positive, got {value!r}")
+    if name in NON_NEGATIVE and value < 0:
+        raise ValueError(f"{name} ({ENV_PREFIX}{name.upper()}) must not be negative, got {value!r}")
+
+
 def _coerce(value: str, current: Any, name: str) -> Any:
     """Turn an environment string into the type of the field's default."""
     if isinstance(current, bool):
@@ -59,16 +91,16 @@ def _coerce(value: str, current: Any, name: str) -> Any:
             return False
         raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected a boolean, got {value!r}")
     if isinstance(current, int) and not isinstance(current, bool):
-        return int(value)
+        return _number(value, int, name)
     if isinstance(current, float):
-        return float(value)
+        return _number(value, float, name)
     if isinstance(current, list):
         items = [v.strip() for v in value.split(",") if v.strip()]
         return [int(v) for v in items] if name == "seeds" else items
     if value.strip().lower() in {"", "none", "null"}:
         return None
-    if name == "max_runtime_seconds":
-        return float(value)
+    if name in OPTIONAL_TYPES:
+        return _number(value, OPTIONAL_TYPES[name], name)
     return value
 
 
@@ -84,10 +116,12 @@ def load_settings(repo: Path | None = None, overrides: dict[str, Any] | None = N
         key = ENV_PREFIX + f.name.upper()
         if key in values:
             setattr(settings, f.name, _coerce(values[key], getattr(settings, f.name), f.name))
+            _check(f.name, getattr(settings, f.name))
     for name, value in (overrides or {}).items():
         if value is None:
             continue
         if not hasattr(settings, name):
             raise ValueError(f"unknown setting {name!r}")
+        _check(name, value)
         setattr(settings, name, value)
     return settings

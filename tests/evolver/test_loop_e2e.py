@@ -73,7 +73,7 @@ def test_offline_main_command_runs_two_cycles_and_records_them(repo: Path) -> No
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(EVOLVE), "--repo", str(repo), "--provider", "offline", "--cycles", "2",
            "--auto-apply", "--task", "sudoku4", "--budget-seconds", "3", "--seeds", "0,1", "--backend", "local",
-           "--literature", "snapshot"]
+           "--literature", "snapshot", "--max-seeds", "2", "--confirm-seeds", "2"]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     branches = _git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/evolve/").split()
@@ -88,11 +88,16 @@ def test_offline_main_command_runs_two_cycles_and_records_them(repo: Path) -> No
     for pid in pids:
         assert _run_branch_files(repo, run_id, pid) == ["diff.patch", "proposal.json", "result.json"]
         result = json.loads(_git(repo, "show", f"{run_branches[0]}:proposals/{run_id}/{pid}/result.json"))
-        assert result["verdict"] in {"merged", "rejected", "failed", "inconclusive"}
+        assert result["verdict"] in {"merged", "rejected", "failed", "inconclusive", "void"}
         assert "rule" in (result.get("comparison") or {"rule": "failed before comparison"})
         if result["verdict"] != "failed":
             assert [s["stage"] for s in result["stages"]][:3] == ["safety", "smoke", "trainability"]
-            assert len(result["comparison"]["candidate"]) == 2
+            comp = result["comparison"]
+            assert comp["seeds"][:2] == [0, 1] and len(comp["candidate"]) == len(comp["baseline"]) == 2
+            pairs = result["judgement"]["pairs"]
+            assert {p["seed"] for p in pairs} >= {0, 1}  # the parent was measured beside it on every seed
+            assert all(p["parent_evidence"].get("steps") for p in pairs if not p["void"])
+            assert "promotion:" in comp["rule"]
 
     hist = subprocess.run([sys.executable, str(EVOLVE), "history", "--repo", str(repo), "--json"],
                           capture_output=True, text=True, timeout=120)
@@ -120,7 +125,8 @@ def _handicap(repo: Path) -> str:
 
 def _settings(**kw: object) -> Settings:
     base = dict(provider="lmstudio", task="sudoku4", seeds=[0, 1], budget_seconds=4.0, cycles=2, auto_apply=True,
-                backend="local", literature="off", metric="token_accuracy", margin=0.01)
+                backend="local", literature="off", metric="token_accuracy", margin=0.01, max_seeds=3,
+                confirm_seeds=2)
     base.update(kw)
     return Settings(**base)  # type: ignore[arg-type]
 
@@ -134,8 +140,9 @@ def test_scripted_llm_garbage_is_recorded_and_a_helpful_change_is_merged(repo: P
     script = [Step(content="{not json at all"), Step(content='{"id": "x"'), Step(content="[]"),
               Step(content=json.dumps(fix))]
     with scripted_server(script) as server:
-        # Budgets this short leave the seeds far apart; the rule's 80% bound keeps the test about mechanics.
-        settings = _settings(host=server.url + "/v1", model="scripted", budget_seconds=8.0, confidence=0.80)
+        # A large, consistent gain (a model that learns against one that cannot) passes even the small-sample
+        # bounds of 2-3 selection pairs and 2 confirmation pairs; the mechanics are what this test is about.
+        settings = _settings(host=server.url + "/v1", model="scripted", budget_seconds=8.0)
         loop = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
         outcomes = loop.run()
     assert [o.verdict for o in outcomes] == ["invalid", "merged"], [(o.verdict, o.reason) for o in outcomes]
@@ -144,6 +151,10 @@ def test_scripted_llm_garbage_is_recorded_and_a_helpful_change_is_merged(repo: P
     assert len(failed_log) == 1
     merged = outcomes[1]
     assert merged.delta is not None and merged.delta > 0.01
+    result = loop.store.result("restore-learning-rates")
+    assert result is not None and result["comparison"]["confirmation_seeds"]
+    assert min(result["comparison"]["confirmation_seeds"]) >= 100_000  # fresh seeds, never used in selection
+    assert loop.control.attempts == 1 and loop.control.passes == 1
     run_branch = f"evolve/{loop.run_id}/best"
     merge = _git(repo, "log", "--merges", "-1", "--format=%B", run_branch)
     assert "Proposal-Id: restore-learning-rates" in merge
@@ -173,7 +184,8 @@ def test_unreachable_llm_falls_back_when_configured(repo: Path) -> None:
 
 
 def test_interrupted_candidate_is_finished_on_resume_without_redoing_the_baseline(repo: Path) -> None:
-    settings = _settings(provider="offline", seeds=[0], budget_seconds=3.0, cycles=1, metric="exact_accuracy")
+    settings = _settings(provider="offline", seeds=[0, 1], budget_seconds=3.0, cycles=1, metric="exact_accuracy",
+                         max_seeds=2)
     first = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
     first.measure_baseline()
     # Crash point: the proposal is applied, committed and stored, the cascade never ran.
@@ -187,13 +199,13 @@ def test_interrupted_candidate_is_finished_on_resume_without_redoing_the_baselin
     assert first.store.result(proposal.id) is None
     first.record.close()
 
-    resumed_settings = _settings(provider="offline", seeds=[0], budget_seconds=3.0, cycles=0,
-                                 max_runtime_seconds=0.001, metric="exact_accuracy")
+    resumed_settings = _settings(provider="offline", seeds=[0, 1], budget_seconds=3.0, cycles=0,
+                                 max_runtime_seconds=0.001, metric="exact_accuracy", max_seeds=2)
     second = EvolutionLoop(repo, resumed_settings, run_id=first.run_id, display=LoopDisplay(live=False))
     outcomes = second.run()
     assert second.baseline is not None and second.baseline.cached
     assert [o.proposal_id for o in outcomes] == [proposal.id]
     result = second.store.result(proposal.id)
-    assert result is not None and result["verdict"] == "inconclusive"  # one seed: never merged
+    assert result is not None and result["verdict"] in ("inconclusive", "rejected")  # 2 pairs at 3 s: no merge
     assert [s["stage"] for s in result["stages"]][:2] == ["safety", "smoke"]
     assert second.store.ids() == [proposal.id]  # nothing redone, nothing new started

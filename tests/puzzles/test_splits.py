@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from puzzles.build import build_dataset
-from puzzles.splits import SECRET_FILE, ensure_run_data, load_labels, read_or_create_secret, sealed_view, train_view
+from puzzles.splits import (
+    SECRET_FILE,
+    ensure_run_data,
+    load_labels,
+    read_or_create_secret,
+    sealed_view,
+    train_view,
+)
 from puzzles.tasks import TASKS, get_task
 
 SMALL = get_task("sudoku4", n_train=200, n_select=60, n_final=60)

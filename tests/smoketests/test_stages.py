@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from smoketests.evaluate_stage import run_evaluate
 from puzzles.arrays import load_split
 from puzzles.scoring import score_predictions
+from smoketests.evaluate_stage import run_evaluate
 from smoketests.result import StageFailure, StageResult, read_result, write_result
 from tests.smoketests.conftest import REPO, make_candidate
 
