@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 from typing import Any
 
@@ -41,6 +40,7 @@ def doctor(image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     from pathlib import Path
 
     from sandbox import docker_unavailable_reason
+    from sandbox.hostfs import host_ids
     from sandbox.local_backend import LocalBackend
 
     dock = _docker_facts(image)
@@ -52,9 +52,11 @@ def doctor(image: str = DEFAULT_IMAGE) -> dict[str, Any]:
         "image_tag": image,
         "docker": dock,
         "bwrap": shutil.which("bwrap"),
-        "running_as_root": os.getuid() == 0,
+        "running_as_root": (host_ids() or (-1, -1))[0] == 0,
         "auto_backend": "docker" if reason is None else "local",
         "docker_unavailable": reason,
+        "local_python": local.python,  # the interpreter the local backend runs (a venv's own, not its realpath)
+        "local_refused": local.refusal_reason(),  # why the local backend refuses every run here, or None
     }
     if reason is None:
         from sandbox.docker_backend import DockerBackend
@@ -84,6 +86,9 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_row("auto picks", f"[bold]{report['auto_backend']}[/]")
     if report["docker_unavailable"]:
         table.add_row("why not docker", report["docker_unavailable"])
+    table.add_row("local python", report["local_python"])
+    if report["local_refused"]:
+        table.add_row("local refuses", report["local_refused"])
     console.print(table)
     console.print("[bold]in force:[/] " + "; ".join(report["isolation"]))
     if report["missing"]:

@@ -14,16 +14,25 @@ NOBODY = 65534
 MAX_OUTPUT_ENTRIES = 100_000
 
 
+def host_ids() -> tuple[int, int] | None:
+    """The caller's (uid, gid), or None where the platform has no POSIX ids (Windows)."""
+    getuid, getgid = getattr(os, "getuid", None), getattr(os, "getgid", None)
+    if getuid is None or getgid is None:
+        return None
+    return getuid(), getgid()
+
+
 def sandbox_ids() -> tuple[int, int]:
     """The uid:gid the sandboxed command runs as: the caller's own when unprivileged, else nobody:nogroup.
 
     Running as the caller keeps output files owned by them; running as root is never allowed, so a root caller
-    gets 65534 (which also makes RLIMIT_NPROC count, since the kernel exempts uid 0 from it).
+    gets 65534 (which also makes RLIMIT_NPROC count, since the kernel exempts uid 0 from it). A host without
+    POSIX ids (Windows, where only Docker can run candidates) also gets 65534, the container user.
     """
-    uid, gid = os.getuid(), os.getgid()
-    if uid == 0:
+    ids = host_ids()
+    if ids is None or ids[0] == 0:
         return NOBODY, NOBODY
-    return uid, gid
+    return ids
 
 
 def grant_access(spec: SandboxSpec, uid: int) -> None:
@@ -34,7 +43,8 @@ def grant_access(spec: SandboxSpec, uid: int) -> None:
     """
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if uid != os.getuid():
+    ids = host_ids()
+    if ids is None or uid != ids[0]:
         os.chmod(out, 0o777)
         for m in spec.mounts:
             host = Path(m.host)
@@ -44,6 +54,13 @@ def grant_access(spec: SandboxSpec, uid: int) -> None:
             extra = stat.S_IROTH | (stat.S_IXOTH if host.is_dir() else 0)
             if mode & extra != extra:
                 os.chmod(host, stat.S_IMODE(mode) | extra)
+
+
+def _allocated(st: os.stat_result) -> int:
+    """Bytes a file occupies on disk: its blocks where the platform reports them (a sparse file counts what
+    it uses), else its size (Windows has no st_blocks)."""
+    blocks = getattr(st, "st_blocks", None)
+    return st.st_size if blocks is None else blocks * 512
 
 
 def tree_usage(root: Path, max_entries: int = MAX_OUTPUT_ENTRIES) -> tuple[int, int]:
@@ -63,7 +80,7 @@ def tree_usage(root: Path, max_entries: int = MAX_OUTPUT_ENTRIES) -> tuple[int, 
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
                         else:
-                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                            total += _allocated(entry.stat(follow_symlinks=False))
                     except OSError:
                         continue
         except OSError:

@@ -86,6 +86,8 @@ def test_doctor_reports_a_choice() -> None:
     assert report["auto_backend"] == "local"
     assert report["missing"]
     assert "not built" in report["docker_unavailable"] or "no Docker engine" in report["docker_unavailable"]
+    assert report["local_python"] == sys.executable  # the interpreter as started (a venv's own), not its realpath
+    assert "local_refused" in report
 
 
 def test_content_hash_tracks_inputs(tmp_path: Path) -> None:
