@@ -3,7 +3,7 @@
     python benchmarks/bench_promotion.py --simulate --noise-sd 0.03
     python benchmarks/bench_promotion.py --simulate --noise-sd 0.05 --correlation 0.3
     python benchmarks/bench_promotion.py --simulate --noise-from scores.json   # measured per-seed baseline scores
-    python benchmarks/bench_promotion.py --real                                # NOT BUILT: exits non-zero
+    python benchmarks/bench_promotion.py --real [--hog] [--budget 40 --metric token_accuracy]
 
 --simulate feeds candidates through the real decide_selection / decide_confirmation / RunErrorControl of
 evolver.promotion, with per-seed scores drawn from a noise model:
@@ -23,8 +23,13 @@ It prints, each with a 95% Wilson interval (scipy.stats.binomtest):
 - seed pairs spent per null and per effect candidate (selection + confirmation), and training minutes at
   --minutes-per-run per training run (two runs, parent and candidate, per pair).
 
-Part 2, --real (baseline noise from many real training seeds, and real null / planted-regression candidates
-through the engine's loop), is not built: it raises NotImplementedError and the script exits 2.
+--real clones this repository, commits a planted regression (the CPU learning rate divided by
+--regression-factor), measures the parent's per-seed noise over --noise-seeds real training seeds (two side by
+side, as pairs run), then runs --real-nulls null candidates (a real edit that only offsets the data-order
+seed) and --real-effects planted-regression fixes through EvolutionLoop.evaluate_candidate (gates, seed
+pairs beside the parent, selection, confirmation), each as the first confirmation of its run, and prints
+how many were promoted with exact 95% intervals; then the --simulate figures on the measured noise. --hog
+runs a busy loop beside the whole run.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -217,17 +223,165 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+ROOT = Path(__file__).resolve().parents[1]
+NULL_TARGET = "BatchStream.__init__"
+NULL_LINE = "self.rng = np.random.default_rng([seed, 0xDA7A])"
+REGRESSION_TARGET = "_cpu_train"
+
+
+def _git(cwd: Path, *argv: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", *argv], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def _function_source(path: Path, qualname: str) -> str:
+    """The source of a top-level function or a method (``Class.method``) in ``path``."""
+    import ast
+
+    text = path.read_text()
+    tree = ast.parse(text)
+    parts = qualname.split(".")
+    nodes: list[ast.AST] = list(tree.body)
+    node: ast.AST | None = None
+    for part in parts:
+        node = next(n for n in nodes if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == part)
+        nodes = list(node.body)  # type: ignore[attr-defined]
+    segment = ast.get_source_segment(text, node)  # type: ignore[arg-type]
+    assert segment is not None
+    return segment
+
+
+def _proposal(pid: str, title: str, file: str, target: str, code: str) -> Any:
+    from proposals.schema import load_proposal
+
+    return load_proposal(json.dumps({
+        "id": pid, "title": title, "rationale": "benchmark candidate of known effect",
+        "hypothesis": "see the benchmark", "citations": [],
+        "edits": [{"op": "replace_function", "file": file, "target": target, "code": code}],
+        "expected_effect": {"metric": "exact_accuracy", "direction": "increase", "size": 0.0,
+                            "confidence": "low"},
+        "risk": {"level": "low", "failure_modes": []},
+        "provenance": {"provider": None, "model": None, "prompt_hash": None, "parent_commit": None},
+    }))
+
+
+def _clopper_pearson(k: int, n: int) -> str:
+    if n == 0:
+        return "n/a"
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return f"{k}/{n} = {k / n:.3f} [95% CI {ci.low:.3f}, {ci.high:.3f}]"
+
+
 def run_real_loop(args: argparse.Namespace) -> int:
-    """Part 2: measure baseline noise over many real training seeds, then run real null and planted-regression
-    candidates through the engine's loop and count promotions. Not built yet."""
-    raise NotImplementedError("real-loop mode: not built yet")
+    """Part 2: baseline noise over many real training seeds, then real null and planted-regression
+    candidates through the engine's loop (EvolutionLoop.evaluate_candidate: apply, gates, seed pairs side
+    by side, selection, confirmation), each the first confirmation of its run. Prints the measured rates
+    with exact intervals, then the same rule on resampled measured noise."""
+    import subprocess
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evolver.cascade import run_cascade
+    from evolver.display import LoopDisplay
+    from evolver.loop import EvolutionLoop
+    from evolver.promotion import RunErrorControl as Control
+    from evolver.settings import Settings
+
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-promotion-"))
+    repo = tmp / "repo"
+    _git(tmp, "clone", "--quiet", str(ROOT), str(repo))
+    _git(repo, "config", "user.name", "bench")
+    _git(repo, "config", "user.email", "bench@hrm-evolve.invalid")
+    presets = repo / "hrm" / "presets.py"
+    original = _function_source(presets, REGRESSION_TARGET)
+    planted = original.replace("lr: float = 3e-3", f"lr: float = {3e-3 / args.regression_factor:g}")
+    assert planted != original, "the planted regression no longer applies: update the benchmark"
+    presets.write_text(presets.read_text().replace(original, planted))
+    _git(repo, "commit", "--quiet", "-am", f"planted regression: CPU lr / {args.regression_factor:g}")
+
+    hog = None
+    if args.hog:
+        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        print(f"CPU hog running beside the run (pid {hog.pid})")
+    settings = Settings(provider="offline", task=args.task, seeds=[0, 1, 2], budget_seconds=args.budget,
+                        backend=args.backend, metric=args.metric, auto_apply=False, literature="off", cycles=0)
+    loop = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
+    try:
+        loop.measure_baseline()
+        print(f"run {loop.run_id} in {repo}; task {args.task}, budget {args.budget:g}s, metric {args.metric}, "
+              f"backend {args.backend}; parent: the planted-regression commit")
+        # ---- noise: the parent alone on many seeds, two side by side (as a pair runs)
+        worktree = loop.record.run_worktree()
+
+        def one(seed: int) -> float:
+            res = run_cascade(worktree, loop.harness_dir, loop.data_dir(), tmp / "noise" / f"seed{seed}",
+                              task=args.task, seeds=[seed], budget_seconds=args.budget, backend=loop.backend,
+                              stages=("train", "evaluate"), threads=max(1, settings.threads // 2),
+                              cpus=max(1.0, settings.cpus / 2))
+            if not res.ok:
+                raise RuntimeError(f"noise seed {seed}: {res.failed_stage}: {res.reason}")
+            return float(res.scores[args.metric][0])
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            noise = list(pool.map(one, range(200, 200 + args.noise_seeds)))
+        noise_file = tmp / "noise.json"
+        noise_file.write_text(json.dumps({"scores": noise, "task": args.task, "budget": args.budget,
+                                          "metric": args.metric}))
+        print(f"\nper-seed {args.metric} of the parent over {len(noise)} seeds: mean {statistics.fmean(noise):.4f}, "
+              f"sd {statistics.stdev(noise):.4f} (min {min(noise):.4f}, max {max(noise):.4f}); saved to {noise_file}")
+
+        # ---- candidates through the real loop, each the first confirmation of its run
+        train_py = repo / "hrm" / "train.py"
+        null_src = _function_source(train_py, NULL_TARGET)
+        assert NULL_LINE in null_src, "the null candidate's line moved: update the benchmark"
+        candidates = []
+        for k in range(1, args.real_nulls + 1):
+            code = null_src.replace("0xDA7A]", f"0xDA7A + {k}]")
+            candidates.append(("null", _proposal(f"null-data-order-{k}", f"Data-order seed offset {k}",
+                                                 "hrm/train.py", NULL_TARGET, code)))
+        for k in range(1, args.real_effects + 1):
+            candidates.append(("effect", _proposal(f"undo-regression-{k}", "Restore the CPU learning rate",
+                                                   "hrm/presets.py", REGRESSION_TARGET, original)))
+        outcomes: dict[str, list[tuple[str, float | None, int]]] = {"null": [], "effect": []}
+        for i, (kind, proposal) in enumerate(candidates, 1):
+            loop.control = Control()  # each candidate is the first confirmation of its run
+            t = time.monotonic()
+            out = loop.evaluate_candidate(proposal, i, {"llm_seconds": 0.0})
+            result = loop.store.result(proposal.id) or {}
+            pairs = len((result.get("judgement") or {}).get("pairs") or [])
+            promoted = out.verdict in ("pending-review", "merged")
+            outcomes[kind].append((out.verdict, out.delta, pairs))
+            print(f"  {kind:6s} {proposal.id}: {out.verdict}{' (PROMOTED)' if promoted else ''}, mean gain "
+                  f"{out.delta if out.delta is None else round(out.delta, 4)}, {pairs} seed pairs, "
+                  f"{time.monotonic() - t:.0f}s; {out.reason[:160]}")
+    finally:
+        if hog is not None:
+            hog.kill()
+        loop.record.close()
+
+    nulls, effects = outcomes["null"], outcomes["effect"]
+    promoted = lambda rows: sum(1 for v, _, _ in rows if v in ("pending-review", "merged"))  # noqa: E731
+    gains = [d for _, d, _ in effects if d is not None]
+    print(f"\nreal runs ({time.monotonic() - started:.0f}s in all{', with a CPU hog' if args.hog else ''}):")
+    print(f"  false promotions per null candidate: {_clopper_pearson(promoted(nulls), len(nulls))}")
+    print(f"  planted-regression fix promoted:    {_clopper_pearson(promoted(effects), len(effects))}"
+          + (f"; its measured mean gain {statistics.fmean(gains):+.4f}" if gains else ""))
+    print(f"  seed pairs per null {statistics.fmean([p for _, _, p in nulls]) if nulls else float('nan'):.1f}, "
+          f"per fix {statistics.fmean([p for _, _, p in effects]) if effects else float('nan'):.1f}")
+    print("\nthe same rule on resampled measured noise:")
+    sim = argparse.Namespace(**{**vars(args), "simulate": True, "noise_from": str(noise_file), "noise_sd": None,
+                                "effect": 0.05})
+    return simulate(sim)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--simulate", action="store_true", help="simulated scores through the real decide_* functions")
-    mode.add_argument("--real", action="store_true", help="real training through the loop (NOT BUILT)")
+    mode.add_argument("--real", action="store_true",
+                      help="real training: baseline noise, then null and planted-regression candidates through the loop")
     ap.add_argument("--noise-sd", type=float, default=None, help="per-seed score noise sd (each side)")
     ap.add_argument("--correlation", type=float, default=0.0, help="correlation of the two sides of a pair")
     ap.add_argument("--noise-from", default=None, help="JSON list of measured per-seed baseline scores")
@@ -242,16 +396,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=None, help="override SelectionRule.alpha")
     ap.add_argument("--conf-seeds", type=int, default=None, help="override ConfirmationRule.seeds")
     ap.add_argument("--exponent", type=float, default=None, help="override RunErrorControl.exponent")
+    ap.add_argument("--task", default="sudoku4", help="real mode: the task")
+    ap.add_argument("--budget", type=float, default=40.0, help="real mode: training seconds per seed")
+    ap.add_argument("--metric", default="token_accuracy", help="real mode: the metric in force")
+    ap.add_argument("--backend", default="docker", help="real mode: the sandbox backend")
+    ap.add_argument("--noise-seeds", type=int, default=12, help="real mode: seeds for the baseline noise")
+    ap.add_argument("--real-nulls", type=int, default=4, help="real mode: null candidates through the loop")
+    ap.add_argument("--real-effects", type=int, default=2, help="real mode: planted-regression fixes")
+    ap.add_argument("--regression-factor", type=float, default=3.0,
+                    help="real mode: the planted regression divides the CPU learning rate by this")
+    ap.add_argument("--hog", action="store_true", help="real mode: run a CPU hog beside the whole run")
     args = ap.parse_args(argv)
     if args.real:
-        print("=" * 72, file=sys.stderr)
-        print("REAL-LOOP MODE IS NOT BUILT: nothing was trained or measured.", file=sys.stderr)
-        print("=" * 72, file=sys.stderr)
-        try:
-            return run_real_loop(args)
-        except NotImplementedError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        return run_real_loop(args)
     return simulate(args)
 
 

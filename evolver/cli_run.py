@@ -50,6 +50,9 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--max-seeds", type=int, default=None, help="cap on selection seed pairs (default 10)")
     p.add_argument("--confirm-seeds", type=int, default=None,
                    help="fresh seed pairs a selected candidate must be confirmed on (default 6)")
+    p.add_argument("--throughput-tolerance", type=_positive_float, default=None,
+                   help="void a seed pair whose parent trained this much (relative) off its median steps/s "
+                        "(default 0.25)")
     p.add_argument("--serial-pairs", action="store_false", default=None, dest="side_by_side",
                    help="train the two sides of a pair one after the other (default: side by side)")
     p.add_argument("--budget-seconds", type=_positive_float, default=None,
@@ -83,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = repo_toplevel(args.repo)
     keys = ("provider", "model", "host", "fallback_provider", "task", "seeds", "budget_seconds", "cycles",
             "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "metric",
-            "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds")
+            "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     # A second Ctrl-C while the loop is cleaning up should not leave a half-written record: the loop catches
     # the first one; SIGTERM is turned into the same clean stop.

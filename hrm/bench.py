@@ -10,7 +10,6 @@ the CLI's default).
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -42,7 +41,11 @@ def random_batch(
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes)."""
+    """Peak resident set size of this process in MiB (Linux reports KiB, macOS bytes); NaN on Windows."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return float("nan")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 

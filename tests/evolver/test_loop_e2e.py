@@ -69,12 +69,15 @@ def _run_branch_files(repo: Path, run_id: str, pid: str) -> list[str]:
     return sorted(out.split())
 
 
+@pytest.mark.timeout(1500)
 def test_offline_main_command_runs_two_cycles_and_records_them(repo: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(EVOLVE), "--repo", str(repo), "--provider", "offline", "--cycles", "2",
            "--auto-apply", "--task", "sudoku4", "--budget-seconds", "3", "--seeds", "0,1", "--backend", "local",
-           "--literature", "snapshot", "--max-seeds", "2", "--confirm-seeds", "2"]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env, timeout=900)
+           "--literature", "snapshot", "--max-seeds", "2", "--confirm-seeds", "2",
+           # 3 s budgets on a shared machine swing the step rate far more than real budgets do
+           "--throughput-tolerance", "10"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env, timeout=1400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     branches = _git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/evolve/").split()
     run_branches = [b for b in branches if b.endswith("/best")]
@@ -126,11 +129,12 @@ def _handicap(repo: Path) -> str:
 def _settings(**kw: object) -> Settings:
     base = dict(provider="lmstudio", task="sudoku4", seeds=[0, 1], budget_seconds=4.0, cycles=2, auto_apply=True,
                 backend="local", literature="off", metric="token_accuracy", margin=0.01, max_seeds=3,
-                confirm_seeds=2)
+                confirm_seeds=2, throughput_tolerance=10.0)
     base.update(kw)
     return Settings(**base)  # type: ignore[arg-type]
 
 
+@pytest.mark.timeout(1500)
 def test_scripted_llm_garbage_is_recorded_and_a_helpful_change_is_merged(repo: Path) -> None:
     original = _handicap(repo)
     fix = valid_proposal(
@@ -183,6 +187,7 @@ def test_unreachable_llm_falls_back_when_configured(repo: Path) -> None:
     assert loop.settings.provider == "offline" and loop.provider.name == "offline"
 
 
+@pytest.mark.timeout(1200)
 def test_interrupted_candidate_is_finished_on_resume_without_redoing_the_baseline(repo: Path) -> None:
     settings = _settings(provider="offline", seeds=[0, 1], budget_seconds=3.0, cycles=1, metric="exact_accuracy",
                          max_seeds=2)
