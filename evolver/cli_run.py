@@ -73,6 +73,14 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--metric", choices=["exact_accuracy", "token_accuracy"], default=None,
                    help="held-out score the merge rule compares (default exact_accuracy)")
     p.add_argument("--literature", choices=["auto", "snapshot", "off"], default=None)
+    p.add_argument("--context-tokens", type=int, default=None,
+                   help="the LLM server's context size when it does not report one (e.g. 4096)")
+    p.add_argument("--max-reply-tokens", type=int, default=None,
+                   help="tokens reserved for the reply, sent as max_tokens (default: a quarter of the context)")
+    p.add_argument("--llm-timeout", type=_positive_float, default=None,
+                   help="seconds to wait for the server's first token and between tokens (default 120)")
+    p.add_argument("--llm-retries", type=int, default=None,
+                   help="retries after a timeout, a dropped connection or HTTP 5xx (default 3)")
     p.add_argument("--resume", metavar="RUN_ID", default=None, help="continue an interrupted run")
     p.set_defaults(handler=cmd_run)
 
@@ -86,7 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     root = repo_toplevel(args.repo)
     keys = ("provider", "model", "host", "fallback_provider", "task", "seeds", "budget_seconds", "cycles",
             "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "metric",
-            "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance")
+            "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
+            "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     # A second Ctrl-C while the loop is cleaning up should not leave a half-written record: the loop catches
     # the first one; SIGTERM is turned into the same clean stop.
@@ -95,9 +104,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = EvolutionLoop(root, settings, run_id=args.resume, display=display)
         outcomes = loop.run()
     console.print(f"run [bold]{loop.run_id}[/] on branch [bold]{loop.record.run_branch}[/]: {loop.stop_reason}")
-    merged = [o for o in outcomes if o.verdict == "merged"]
-    console.print(f"{len(outcomes)} candidate(s), {len(merged)} merged. "
-                  f"See: python evolve.py history --run-id {loop.run_id}")
+    candidates = [o for o in outcomes if o.proposal_id is not None]
+    refused = [o for o in outcomes if o.proposal_id is None]
+    merged = [o for o in candidates if o.verdict == "merged"]
+    console.print(f"{len(candidates)} candidate(s), {len(merged)} merged; {len(refused)} LLM repl(ies) never "
+                  f"became a valid proposal. See: python evolve.py history --run-id {loop.run_id}")
     failed_to_start = loop.stop_reason is not None and not outcomes and loop.baseline is None
     return 1 if failed_to_start else 0
 

@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from evolver.cascade import CascadeResult, StageRun, eval_time_cap, run_cascade, write_manifest
 from evolver.display import LoopDisplay
 from evolver.harness_copy import harness_digest, pristine_harness
@@ -32,7 +34,7 @@ from evolver.literature import literature_context
 from evolver.patch import EditError, apply_edits
 from evolver.paths import PROTECTED_PATHS, PathPolicy, PathRejected
 from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
-from evolver.prompt import HistoryItem, build_prompt
+from evolver.prompt import HistoryItem
 from evolver.providers import ProviderError, get_provider
 from evolver.providers.base import Provider
 from evolver.record import EvolutionRecord, MergeConflict, RecordError
@@ -112,6 +114,7 @@ class EvolutionLoop:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.policy = PathPolicy(allowed=tuple(settings.allowed_paths), protected=PROTECTED_PATHS)
         self._provider = provider
+        self._papers: list[Any] | None = None
         self._backend = None
         self.baseline: Baseline | None = None
         self.outcomes: list[CycleOutcome] = []
@@ -143,15 +146,17 @@ class EvolutionLoop:
                     setattr(self.settings, key, stored["settings"][key])
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"run_id": self.run_id, "settings": self.settings.to_dict(),
-                                   "started": _now()}, indent=2) + "\n")
+                                   "server": getattr(self, "server_info", None), "started": _now()},
+                                  indent=2) + "\n")
         os.replace(tmp, path)
 
     @property
     def provider(self) -> Provider:
         if self._provider is None:
             s = self.settings
-            self._provider = get_provider(s.provider, model=s.model, host=s.host,
-                                          cache_dir=self.state / "llm-cache")
+            self._provider = get_provider(s.provider, model=s.model, host=s.host, timeout=s.llm_timeout,
+                                          max_retries=s.llm_retries, context_tokens=s.context_tokens,
+                                          max_reply_tokens=s.max_reply_tokens, cache_dir=self.state / "llm-cache")
         return self._provider
 
     @property
@@ -260,29 +265,44 @@ class EvolutionLoop:
                 return cand
         raise StopRun(f"cannot find a free id for proposal {pid!r}")
 
+    @property
+    def papers(self) -> list[Any]:
+        """The run's citable literature, chosen once per run (a stable citation list)."""
+        if self._papers is None:
+            s = self.settings
+            self._papers = [] if s.literature == "off" else literature_context(
+                8, state_dir=self.state / "literature", offline=(s.literature == "snapshot"))
+        return self._papers
+
     def propose(self, cycle: int) -> tuple[Proposal, dict[str, Any]]:
         s = self.settings
         self.display.stage("propose", f"asking {s.provider} for a proposal")
         worktree = self.record.run_worktree()
         history = self._history()
-        summary = build_repo_summary(worktree, policy=self.policy,
-                                     best_score=_mean(self.baseline.scores) if self.baseline else None,
-                                     tried=history)
-        papers = [] if s.literature == "off" else literature_context(
-            8, state_dir=self.state / "literature", offline=(s.literature == "snapshot"))
-        prompt = build_prompt(summary, papers, history, proposal_json_schema(), seed=cycle)
+        best = _mean(self.baseline.scores) if self.baseline else None
+
+        def summary(budget: int) -> str:
+            return build_repo_summary(worktree, policy=self.policy, budget_tokens=budget, best_score=best)
+
         started = time.monotonic()
         try:
-            reply = self.provider.propose(prompt)
+            prompt = self.provider.fit_prompt(summary, self.papers, history, proposal_json_schema(),
+                                              metric=s.metric, seed=cycle)
+            reply = self.provider.propose(prompt, progress=self.display.llm_progress)
         except ProviderError as exc:
             if not self._fall_back(exc):
                 raise
-            reply = self.provider.propose(prompt)
+            prompt = self.provider.fit_prompt(summary, self.papers, history, proposal_json_schema(),
+                                              metric=s.metric, seed=cycle)
+            reply = self.provider.propose(prompt, progress=self.display.llm_progress)
         proposal = reply.proposal
         provenance = proposal.provenance.model_copy(update={"parent_commit": self.record.best_commit()})
         proposal = proposal.model_copy(update={"id": self._unique_id(proposal.id), "provenance": provenance})
-        info = {"llm_seconds": time.monotonic() - started, "attempts": reply.attempts, "cached": reply.cached,
-                "tokens_in": reply.tokens_in, "tokens_out": reply.tokens_out}
+        info = {**reply.info(), "llm_seconds": time.monotonic() - started,
+                "prompt_tokens": getattr(prompt, "prompt_tokens", None),
+                "prompt_budget": getattr(prompt, "budget_tokens", None), "trimmed": getattr(prompt, "trimmed", None)}
+        if reply.dropped_citations:
+            self.display.log(f"citations dropped (not in the run's list): {', '.join(reply.dropped_citations)}")
         return proposal, info
 
     # ------------------------------------------------------------------ one candidate
@@ -498,12 +518,19 @@ class EvolutionLoop:
         return self.outcomes
 
     def _preflight(self) -> None:
-        """Check the LLM server answers before spending minutes on the baseline."""
+        """Check the LLM server's API kind, model and context before spending minutes on the baseline;
+        configuration errors stop the run here, never per cycle."""
         try:
-            self.provider.ping()
+            info = self.provider.preflight()
         except ProviderError as exc:
             if not self._fall_back(exc):
                 raise StopRun(f"LLM provider {self.settings.provider}: {exc}") from exc
+            info = self.provider.preflight()
+        self.server_info = info.to_dict()
+        self.display.log(f"LLM: {escape(info.describe())}")
+        if getattr(info, "model", None):
+            self.display.set_header(model=info.model)
+        self._save_run_settings()
 
     def _fall_back(self, exc: ProviderError) -> bool:
         """Switch to the configured fallback provider when the LLM server is unreachable."""
@@ -531,7 +558,7 @@ class EvolutionLoop:
         except ProviderError as exc:
             if exc.kind in ("unreachable", "config", "cache_miss"):
                 raise StopRun(f"LLM provider {self.settings.provider}: {exc}") from exc
-            self._record_failed_proposal(cycle, str(exc))
+            self._record_failed_proposal(cycle, exc)
             return
         try:
             self.evaluate_candidate(proposal, cycle, info)
@@ -539,9 +566,13 @@ class EvolutionLoop:
             self.display.log(f"[red]record error for {proposal.id}:[/] {exc}")
             self.outcomes.append(CycleOutcome(proposal.id, "failed", str(exc)))
 
-    def _record_failed_proposal(self, cycle: int, reason: str) -> None:
-        """A reply that never became a valid proposal: logged in the run's state, shown, and the loop goes on."""
-        entry = {"cycle": cycle, "time": _now(), "provider": self.settings.provider, "reason": reason}
+    def _record_failed_proposal(self, cycle: int, exc: ProviderError) -> None:
+        """A reply that never became a valid proposal: every attempt's raw text and the reasons it was refused
+        go to the run's failed_proposals.jsonl (listed by `history` and `proposals list`); the loop goes on."""
+        reason = str(exc)
+        entry = {"id": f"cycle-{cycle}", "cycle": cycle, "time": _now(), "provider": self.settings.provider,
+                 "kind": exc.kind, "reason": reason,
+                 "attempts": [a.to_dict() for a in getattr(exc, "attempts", []) or []]}
         with open(self.run_dir / "failed_proposals.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
         self.display.upsert({"id": f"cycle-{cycle}", "cycle": cycle, "stage": "propose", "verdict": "invalid",

@@ -2,15 +2,21 @@
 
 `build_prompt` assembles a `Prompt` (a system and a user message plus the JSON Schema the reply must
 follow); `prompt_hash` gives the stable key the provider cache uses.
+
+Given `budget_tokens` (what the server's context leaves for the prompt once the reply is reserved),
+`build_prompt` shrinks the variable parts to fit: the literature first to short summaries, then to titles,
+then to fewer papers; the history to its most recent entries; and the repo map to whatever is left (a
+callable summary is re-rendered at a smaller budget, a plain string is cut at line ends). Tokens are counted
+with `count_tokens` when the server offers a tokenizer, else estimated conservatively (`estimate_tokens`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Union
 
 SYSTEM_RULES = """\
 You improve the Hierarchical Reasoning Model (HRM) code base by proposing ONE small, testable change.
@@ -29,12 +35,39 @@ How edits work (each edit names a repository-relative `file`):
 - search_replace {file, search, replace}: `search` must match exactly one place in the file.
 Each task's hyperparameters are set explicitly in hrm/presets.py (e.g. `_cpu_model`, `_cpu_train`): a
 ModelConfig/TrainConfig default in hrm/config.py only matters for fields a preset leaves unset, so change
-the preset when you mean the task's value. hrm/evaluate.py and hrm/data/ are fixed (the metric and the
-held-out split) and cannot be edited; the training budget is set by the harness.
+the preset when you mean the task's value. Every file of hrm/ may be edited. The data, the held-out split,
+the scoring, the number of evaluation segments and the training budget belong to the harness, outside hrm/:
+the score is what your model learned within the budget, measured on puzzles it never sees.
 Every target must exist exactly once; code must be valid Python for the current file. Prefer whole-function
 replacement over textual search/replace. Keep the change focused: one idea, at most a few edits.
 Ground the idea in the literature: cite arXiv ids ONLY from the list you are given.
 Do not repeat a change that was already tried; learn from the verdicts in the history."""
+
+CHARS_PER_TOKEN_ESTIMATE = 3  # conservative: code and JSON often run near 3 characters per token
+MESSAGE_OVERHEAD_TOKENS = 8  # chat-template tokens around each message (role markers, separators)
+LITERATURE_SHARE = 0.25  # of the variable budget, at most
+HISTORY_SHARE = 0.15
+SHORT_SUMMARY_CHARS = 140
+
+TokenCounter = Callable[[str], int]
+SummarySource = Union[str, Callable[[int], str]]  # text, or a renderer taking a token budget
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token count without a tokenizer: one token per 3 characters, rounded up."""
+    return -(-len(text) // CHARS_PER_TOKEN_ESTIMATE)
+
+
+def count_messages(messages: Sequence[dict[str, str]], count_tokens: TokenCounter | None = None) -> int:
+    """Tokens of a chat request: each message's content plus the template's overhead, plus the reply primer."""
+    count = count_tokens or estimate_tokens
+    return sum(count(m.get("content", "")) + MESSAGE_OVERHEAD_TOKENS for m in messages) + MESSAGE_OVERHEAD_TOKENS
+
+
+class PromptBudgetError(ValueError):
+    """Even the fixed parts of the prompt do not fit the token budget: a configuration problem."""
+
+    kind = "config"
 
 
 class _PaperLike(Protocol):
@@ -66,8 +99,14 @@ class Prompt:
     user: str
     schema: dict[str, Any]
     tried: list[str] = field(default_factory=list)  # titles and catalogue ids already tried
-    allowed_citations: list[str] = field(default_factory=list)
+    allowed_citations: list[str] = field(default_factory=list)  # the run's fixed list, shown or not
     seed: int = 0
+    metric: str = "exact_accuracy"
+    budget_tokens: int | None = None  # what the prompt had to fit in (None: no limit known)
+    prompt_tokens: int = 0  # counted (or estimated) tokens of the two messages, template overhead included
+    reply_tokens: int | None = None  # the reply limit the prompt announces
+    shown_citations: list[str] = field(default_factory=list)  # the ids printed in this prompt
+    trimmed: list[str] = field(default_factory=list)  # what was shortened to fit, in words
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -84,43 +123,139 @@ def prompt_hash(prompt: Prompt, model: str = "") -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _literature_block(literature: Sequence[_PaperLike]) -> str:
+def goal_for(metric: str) -> str:
+    return f"raise {metric} on the evaluation split within the same training budget"
+
+
+# -- blocks -----------------------------------------------------------------------------------------------
+
+
+def _shorten(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
+
+
+def _paper_line(paper: _PaperLike, level: str) -> str:
+    if level == "titles":
+        return f"- arXiv:{paper.arxiv_id} \"{paper.title}\""
+    concepts = getattr(paper, "concepts", None)
+    tag = f" [{', '.join(concepts)}]" if concepts else ""
+    summary = paper.summary if level == "full" else _shorten(paper.summary, SHORT_SUMMARY_CHARS)
+    return f"- arXiv:{paper.arxiv_id} \"{paper.title}\"{tag}: {summary}"
+
+
+def _literature_block(literature: Sequence[_PaperLike], level: str = "full", omitted: int = 0) -> str:
     if not literature:
+        if omitted:
+            return f"({omitted} papers omitted for space; cite nothing rather than invent ids)"
         return "(no papers available this cycle; cite nothing rather than invent ids)"
-    lines = []
-    for paper in literature:
-        concepts = getattr(paper, "concepts", None)
-        tag = f" [{', '.join(concepts)}]" if concepts else ""
-        lines.append(f"- arXiv:{paper.arxiv_id} \"{paper.title}\"{tag}: {paper.summary}")
+    lines = [_paper_line(p, level) for p in literature]
+    if omitted:
+        lines.append(f"({omitted} more omitted for space)")
     return "\n".join(lines)
 
 
-def _history_block(history: Sequence[HistoryItem]) -> str:
+def _history_block(history: Sequence[HistoryItem], omitted: int = 0) -> str:
     if not history:
-        return "(nothing tried yet)"
-    return "\n".join(item.line() for item in history)
+        return f"({omitted} earlier attempts omitted for space)" if omitted else "(nothing tried yet)"
+    lines = [f"({omitted} older attempts omitted for space)"] if omitted else []
+    return "\n".join(lines + [item.line() for item in history])
+
+
+def _cut_lines(text: str, fits: Callable[[str], bool]) -> str:
+    """The longest prefix of whole lines of `text` (plus a marker) that `fits`; "" when none does."""
+    if fits(text):
+        return text
+    lines = text.splitlines()
+    marker = "...[map truncated to fit the context]"
+    keep = _largest(len(lines), lambda k: fits("\n".join(lines[:k] + [marker])))
+    if keep == 0:
+        return marker if fits(marker) else ""
+    return "\n".join(lines[:keep] + [marker])
+
+
+def _assemble(goal_line: str, summary: str, papers: str, history: str, output: str) -> str:
+    return "\n\n".join(
+        [
+            goal_line,
+            "## Editable code (map)\n" + summary.strip(),
+            "## Papers you may cite (use these arXiv ids in `citations`)\n" + papers,
+            "## Already tried (do not repeat failures)\n" + history,
+            output,
+        ]
+    )
+
+
+def _output_block(metric: str, reply_tokens: int | None) -> str:
+    text = (
+        "## Output\nReturn ONE JSON object matching the schema. Fields the schema marks nullable may be null. "
+        f"Set expected_effect.metric to \"{metric}\"."
+    )
+    if reply_tokens:
+        text += (
+            f" The whole reply must fit in {reply_tokens} tokens (about {reply_tokens * CHARS_PER_TOKEN_ESTIMATE} "
+            "characters): keep the text fields short and the edits small."
+        )
+    return text
+
+
+# -- build ------------------------------------------------------------------------------------------------
 
 
 def build_prompt(
-    summary: str,
+    summary: SummarySource,
     literature: Sequence[_PaperLike],
     history: Sequence[HistoryItem],
     schema: dict[str, Any],
     *,
-    goal: str = "raise exact_accuracy on the evaluation split within the same training budget",
+    metric: str = "exact_accuracy",
+    goal: str | None = None,
     seed: int = 0,
     extra_tried: Iterable[str] = (),
+    budget_tokens: int | None = None,
+    reply_tokens: int | None = None,
+    count_tokens: TokenCounter | None = None,
 ) -> Prompt:
-    """Assemble the request: repo map, literature to cite, what was tried, and the output contract."""
-    user = "\n\n".join(
-        [
-            f"Goal: {goal}.",
-            "## Editable code (map)\n" + summary.strip(),
-            "## Papers you may cite (use these arXiv ids in `citations`)\n" + _literature_block(literature),
-            "## Already tried (do not repeat failures)\n" + _history_block(history),
-            "## Output\nReturn ONE JSON object matching the schema. Fields the schema marks nullable may be null.",
-        ]
-    )
+    """Assemble the request: repo map, literature to cite, what was tried, and the output contract.
+
+    `literature` is the run's citable list, chosen once per run: every id in it is allowed, whether or not
+    the budget leaves room to print it. `summary` is the repo map, or a callable that renders it within a
+    token budget (e.g. `lambda b: build_repo_summary(root, budget_tokens=b)`). With `budget_tokens`, the
+    prompt (both messages, template overhead included) is shrunk to fit, or PromptBudgetError is raised
+    when even its fixed parts do not.
+    """
+    count = count_tokens or estimate_tokens
+    goal_line = f"Goal: {goal or goal_for(metric)}."
+    output = _output_block(metric, reply_tokens)
+    papers, hist = list(literature), list(history)
+    trimmed: list[str] = []
+
+    def total(user: str) -> int:
+        return count_messages([{"content": SYSTEM_RULES}, {"content": user}], count)
+
+    def render_summary(budget: int | None) -> str:
+        return summary if isinstance(summary, str) else summary(budget if budget is not None else 2000)
+
+    if budget_tokens is None:
+        lit_text, hist_text = _literature_block(papers), _history_block(hist)
+        shown = [p.arxiv_id for p in papers]
+        user = _assemble(goal_line, render_summary(None), lit_text, hist_text, output)
+    else:
+        fixed = total(_assemble(goal_line, "", "", "", output))
+        room = budget_tokens - fixed
+        if room < 64:
+            raise PromptBudgetError(
+                f"the prompt's fixed part needs {fixed} tokens but only {budget_tokens} are left for the prompt; "
+                "raise the server's context size and --context-tokens (HRM_CONTEXT_TOKENS), "
+                "or lower --max-reply-tokens (HRM_MAX_REPLY_TOKENS)"
+            )
+        lit_text, shown, lit_note = _fit_literature(papers, int(room * LITERATURE_SHARE), count)
+        hist_text, hist_note = _fit_history(hist, int(room * HISTORY_SHARE), count)
+        trimmed += [n for n in (lit_note, hist_note) if n]
+        left = room - count(lit_text) - count(hist_text)
+        user = _fit_summary(render_summary, not isinstance(summary, str), left, count, trimmed,
+                            lambda s: _assemble(goal_line, s, lit_text, hist_text, output),
+                            lambda u: total(u) <= budget_tokens)
     tried: list[str] = []
     for item in history:
         tried.append(item.title)
@@ -132,6 +267,72 @@ def build_prompt(
         user=user,
         schema=schema,
         tried=tried,
-        allowed_citations=[p.arxiv_id for p in literature],
+        allowed_citations=[p.arxiv_id for p in papers],
         seed=seed,
+        metric=metric,
+        budget_tokens=budget_tokens,
+        prompt_tokens=total(user),
+        reply_tokens=reply_tokens,
+        shown_citations=shown,
+        trimmed=trimmed,
     )
+
+
+def _largest(n: int, fits: Callable[[int], bool]) -> int:
+    """The largest k in 0..n with fits(k), for a `fits` that holds up to some k and fails beyond (k=0 assumed)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _fit_literature(papers: list[_PaperLike], cap: int, count: TokenCounter) -> tuple[str, list[str], str]:
+    """The richest rendering of the papers within `cap` tokens; fewer papers (titles only) as a last resort."""
+    for level in ("full", "short", "titles"):
+        text = _literature_block(papers, level)
+        if count(text) <= cap:
+            note = "" if level == "full" else f"literature: {level} rendering"
+            return text, [p.arxiv_id for p in papers], note
+
+    def block(keep: int) -> str:
+        return _literature_block(papers[:keep], "titles", omitted=len(papers) - keep)
+
+    keep = _largest(len(papers), lambda k: count(block(k)) <= cap)
+    return block(keep), [p.arxiv_id for p in papers[:keep]], f"literature: {keep} of {len(papers)} papers, titles only"
+
+
+def _fit_history(history: list[HistoryItem], cap: int, count: TokenCounter) -> tuple[str, str]:
+    """The most recent history entries within `cap` tokens."""
+
+    def block(keep: int) -> str:
+        return _history_block(history[len(history) - keep:], omitted=len(history) - keep)
+
+    full = block(len(history))
+    if count(full) <= cap:
+        return full, ""
+    keep = _largest(len(history), lambda k: count(block(k)) <= cap)
+    return block(keep), f"history: last {keep} of {len(history)} entries"
+
+
+def _fit_summary(render: Callable[[int | None], str], rerender: bool, left: int, count: TokenCounter,
+                 trimmed: list[str], assemble: Callable[[str], str], fits: Callable[[str], bool]) -> str:
+    """The repo map re-rendered (or cut) until the whole user message fits."""
+    budget = max(left, 0)
+    text = render(budget)
+    tries = 8 if rerender else 0
+    while tries and not fits(assemble(text)) and budget > 16:
+        # A renderer with its own (looser) estimate overshoots: ask again for proportionally less.
+        used = max(count(text), 1)
+        budget = max(16, int(budget * min(0.9, left / used)))
+        text = render(budget)
+        tries -= 1
+        if "map: re-rendered smaller" not in trimmed:
+            trimmed.append("map: re-rendered smaller")
+    if not fits(assemble(text)):
+        text = _cut_lines(text, lambda s: fits(assemble(s)))
+        trimmed.append("map: cut at a line end")
+    return assemble(text)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from evolver.offline_catalogue import CATALOGUE, CatalogueEntry
 from evolver.prompt import Prompt
 from evolver.providers.base import Completion, Provider, ProviderError, ProviderReply, stamp
+from evolver.providers.records import Attempt, LLMProgress, ProgressCallback
 from proposals.schema import load_proposal
 
 
@@ -21,6 +23,7 @@ class OfflineProvider(Provider):
     """
 
     name = "offline"
+    api = "offline"
 
     def __init__(
         self,
@@ -31,7 +34,8 @@ class OfflineProvider(Provider):
         cache_dir: Path | str | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.pop("host", None)
+        for unused in ("host", "context_tokens", "max_reply_tokens"):  # no server, no context to budget
+            kwargs.pop(unused, None)
         super().__init__(model=model or "catalogue", cache_dir=cache_dir, **kwargs)
         self.seed = seed
         self.catalogue = catalogue
@@ -39,7 +43,8 @@ class OfflineProvider(Provider):
     def endpoint(self) -> str:
         return "built-in catalogue"
 
-    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any], temperature: float) -> Completion:
+    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any], temperature: float,
+                  max_tokens: int | None, on_tokens: Callable[[int], None]) -> Completion:
         raise NotImplementedError("the offline provider does not chat; propose() picks from the catalogue")
 
     def order(self, seed: int) -> list[CatalogueEntry]:
@@ -59,7 +64,7 @@ class OfflineProvider(Provider):
             kind="exhausted",
         )
 
-    def propose(self, prompt: Prompt) -> ProviderReply:
+    def propose(self, prompt: Prompt, progress: ProgressCallback | None = None) -> ProviderReply:
         t0 = time.monotonic()
         self._stats.requests += 1
         entry = self.pick(prompt)
@@ -69,7 +74,11 @@ class OfflineProvider(Provider):
         text = proposal.model_dump_json()
         self._stats.replies += 1
         self._stats.proposals += 1
-        self._stats.latency_s += time.monotonic() - t0
+        elapsed = time.monotonic() - t0
+        self._stats.latency_s += elapsed
+        report = progress or self.progress
+        if report is not None:
+            report(LLMProgress(tokens=0, elapsed_s=elapsed, status="accepted", detail=proposal.id))
         return ProviderReply(
             proposal=proposal,
             raw_text=text,
@@ -77,5 +86,8 @@ class OfflineProvider(Provider):
             model=self.model,
             prompt_hash=key,
             attempts=1,
-            latency_s=time.monotonic() - t0,
+            latency_s=elapsed,
+            requested_model=self.model,
+            transcript=[Attempt(number=1, request=1, outcome="accepted", raw_text=text, served_model=self.model,
+                                elapsed_s=elapsed)],
         )

@@ -71,11 +71,18 @@ def test_reask_quotes_validation_error_and_offending_output(prompt) -> None:
     assert len(server.received) == 3
     second = server.received[1].messages
     assert second[-2] == {"role": "assistant", "content": bad}
-    assert "truncated" in second[-1]["content"] and bad in second[-1]["content"]
+    assert "cut at the token limit" in second[-1]["content"] and "--max-reply-tokens" in second[-1]["content"]
     third = server.received[2].messages
     assert "unknown op" in third[-1]["content"] and "rewrite_everything" in third[-1]["content"]
-    assert len(third) == 6  # system, user, then two (assistant, re-ask) pairs
+    # A re-ask replaces the previous one: system, user, the refused reply (an excerpt), the problems.
+    assert len(third) == 4 and third[:2] == server.received[0].messages
+    assert third[-2]["role"] == "assistant" and len(third[-2]["content"]) <= 700
     assert provider.stats()["failures"] == {"truncated": 1, "invalid_proposal": 1}
+    # every reply is kept, with why it was refused
+    outcomes = [(a.number, a.outcome) for a in reply.transcript]
+    assert outcomes == [(1, "refused"), (2, "refused"), (3, "accepted")]
+    assert reply.transcript[0].raw_text == bad and reply.transcript[0].finish_reason == "length"
+    assert any("rewrite_everything" in p for p in reply.transcript[1].problems)
 
 
 def test_three_bad_replies_raise_with_last_validation_error(prompt) -> None:
@@ -197,9 +204,10 @@ def test_ollama_sends_flat_schema_and_reasks(prompt) -> None:
     body = server.received[0].body
     assert server.received[0].path == "/api/chat" and body["model"] == "qwen-test"
     assert "$defs" not in json.dumps(body["format"]) and "$ref" not in json.dumps(body["format"])
-    assert body["stream"] is False and "temperature" in body["options"]
+    assert body["stream"] is True and "temperature" in body["options"]
     reask = server.received[1].messages[-1]["content"]
-    assert "Validation error" in reask and '{"id": 1}' in reask
+    assert "Validation errors" in reask and "id: Input should be" in reask
+    assert '{"id": 1}' in server.received[1].messages[-2]["content"]
     stats = provider.stats()
     assert stats["tokens_in"] > 0 and stats["failures"] == {"invalid_proposal": 1}
 
@@ -237,6 +245,9 @@ def test_invented_citation_is_reasked_then_dropped_on_last_try() -> None:
         reply = provider.propose(listed)
     assert reply.attempts == 3 and reply.proposal.citations == []
     assert provider.stats()["failures"] == {"invalid_proposal": 2, "citation_dropped": 1}
+    # dropped, but visibly: on the reply, its storable info, and the accepted attempt
+    assert reply.dropped_citations == ["2999.99999"] and reply.info()["dropped_citations"] == ["2999.99999"]
+    assert reply.transcript[-1].outcome == "accepted" and reply.transcript[-1].dropped_citations == ["2999.99999"]
 
 
 def test_provenance_is_stamped(prompt) -> None:
@@ -246,3 +257,14 @@ def test_provenance_is_stamped(prompt) -> None:
     provenance = reply.proposal.provenance
     assert (provenance.provider, provenance.model, provenance.prompt_hash) == ("ollama", "qwen-x", reply.prompt_hash)
     assert provenance.parent_commit is None
+
+
+@pytest.mark.parametrize("name", ["lmstudio", "ollama"])
+def test_provenance_records_the_model_the_server_served(prompt, name: str) -> None:
+    with scripted_server([Step(content=valid_proposal_text())], served_model="actually-served:7b") as server:
+        host = f"{server.url}/v1" if name == "lmstudio" else server.url
+        provider = get_provider(name, model="asked-for", host=host, **FAST)
+        reply = provider.propose(prompt)
+    assert server.received[0].body["model"] == "asked-for"
+    assert reply.model == "actually-served:7b" and reply.proposal.provenance.model == "actually-served:7b"
+    assert reply.requested_model == "asked-for" and reply.info()["requested_model"] == "asked-for"

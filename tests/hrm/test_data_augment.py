@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from puzzles import maze, sudoku
 from hrm.data.augment import dihedral, maze_dihedral_batch, sudoku_symmetry_batch
+from puzzles import maze, sudoku
 
 
 @pytest.mark.parametrize("box", sudoku.SUPPORTED_BOXES)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from hrm.data import TASK_ALIASES
-from puzzles import build_dataset, maze, sudoku
 from hrm.data.dataset import PuzzleDataset
+from puzzles import build_dataset, maze, sudoku
 
 
 def _digest(root: Path) -> str:

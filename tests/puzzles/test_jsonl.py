@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from puzzles import build_dataset
 from hrm.data.dataset import PuzzleDataset
+from puzzles import build_dataset
 
 
 def _write(path: Path, records: list[dict[str, object]]) -> Path:
