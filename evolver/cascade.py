@@ -280,6 +280,7 @@ def run_cascade(
     memory_mb: int = 4096,
     cpus: float = 2.0,
     gpus: bool = False,
+    gpu_ids: Sequence[str] = (),
     trainability_steps: int | None = None,
     label: str = "",
     warn: Callable[[str], None] | None = None,
@@ -370,7 +371,7 @@ def run_cascade(
             command += ["--steps", str(trainability_steps)]
         spec = SandboxSpec(
             command=command, mounts=mounts, output_dir=stage_out, env=dict(env), workdir="/out",
-            timeout_s=float(limits[stage]), memory_mb=memory_mb, cpus=cpus, gpus=gpus,
+            timeout_s=float(limits[stage]), memory_mb=memory_mb, cpus=cpus, gpus=gpus, gpu_ids=list(gpu_ids),
             label=f"{label or 'cascade'}-{name}",
         )
         if progress:
@@ -380,6 +381,14 @@ def run_cascade(
             result.isolation, result.missing = list(outcome.isolation), list(outcome.missing)
         run = _judge(stage, seed, outcome, stage_out, float(limits[stage]),
                      budget_seconds=float(budget_seconds) if stage == "train" else None)
+        if run.ok and gpus and stage in ("smoke", "trainability"):
+            device = str(run.metrics.get("device", ""))
+            if not device.startswith("cuda"):
+                run.ok, run.reason = False, (
+                    f"GPUs were requested (--gpus) but the {stage} stage ran on {device or 'an unknown device'}: "
+                    "CUDA is not visible in the sandbox. The image needs a CUDA build of torch (python evolve.py "
+                    "sandbox build --base-image pytorch/pytorch:<cuda tag>) and the engine the NVIDIA container "
+                    "toolkit; see python evolve.py sandbox doctor")
         if run.ok and stage == "train":
             assert seed is not None
             try:  # only the checkpoint goes on, copied into a fresh host directory

@@ -68,7 +68,11 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--auto-apply", action="store_true", default=None,
                    help="merge winners without review")
     p.add_argument("--backend", choices=["auto", "docker", "local"], default=None)
-    p.add_argument("--gpus", action="store_true", default=None, help="pass GPUs into the sandbox")
+    p.add_argument("--gpus", action="store_true", default=None,
+                   help="train on a GPU: one per sandbox, CUDA checked inside it (needs a CUDA image)")
+    p.add_argument("--gpu-ids", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=None,
+                   help="device ids for --gpus, e.g. 0,1: the parent's sandbox takes the first, the "
+                        "candidate's beside it the second (default 0)")
     p.add_argument("--margin", type=float, default=None, help="minimum mean gain to merge (default 0.01)")
     p.add_argument("--metric", choices=["exact_accuracy", "token_accuracy"], default=None,
                    help="held-out score the merge rule compares (default exact_accuracy)")
@@ -95,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     keys = ("provider", "model", "host", "fallback_provider", "task", "seeds", "budget_seconds", "cycles",
             "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "metric",
             "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
-            "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries")
+            "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     # A second Ctrl-C while the loop is cleaning up should not leave a half-written record: the loop catches
     # the first one; SIGTERM is turned into the same clean stop.

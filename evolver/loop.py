@@ -199,7 +199,7 @@ class EvolutionLoop:
         result = run_cascade(
             worktree, self.harness_dir, self.data_dir(), out,
             task=s.task, seeds=list(s.seeds), budget_seconds=s.budget_seconds, backend=self.backend,
-            stages=stages, manifest=manifest, gpus=s.gpus, memory_mb=s.memory_mb, cpus=s.cpus,
+            stages=stages, manifest=manifest, gpus=s.gpus, gpu_ids=self._gpu_ids(0), memory_mb=s.memory_mb, cpus=s.cpus,
             threads=s.threads, label=self.run_id, progress=self._on_stage, eval_cap_s=eval_cap_s,
             setup_allowance_s=s.setup_allowance_seconds,
         )
@@ -382,6 +382,12 @@ class EvolutionLoop:
         finally:
             self.record.remove_candidate(cand)
 
+    def _gpu_ids(self, slot: int) -> list[str]:
+        """One GPU per sandbox: slot 0 (the parent, and every lone stage) and slot 1 (the candidate beside
+        it) take their device from --gpu-ids in turn (default: device 0 for both)."""
+        ids = list(self.settings.gpu_ids) or ["0"]
+        return [ids[slot % len(ids)]] if self.settings.gpus else []
+
     def _judge(self, cand: Any, out: Path, timings: dict[str, float]) -> Judgement:
         s = self.settings
         assert self.baseline is not None
@@ -396,7 +402,8 @@ class EvolutionLoop:
             res = run_cascade(
                 trees[side], self.harness_dir, self.data_dir(), where, task=s.task, seeds=[seed],
                 budget_seconds=s.budget_seconds, backend=self.backend, stages=("train", "evaluate"),
-                gpus=s.gpus, memory_mb=s.memory_mb, cpus=cpus, threads=threads, label=f"{self.run_id}-{side}",
+                gpus=s.gpus, gpu_ids=self._gpu_ids(0 if side == "parent" or not side_by_side else 1),
+                memory_mb=s.memory_mb, cpus=cpus, threads=threads, label=f"{self.run_id}-{side}",
                 progress=self._on_stage if side == "candidate" else None,
                 eval_cap_s=eval_cap if side == "candidate" else None, setup_allowance_s=s.setup_allowance_seconds,
             )

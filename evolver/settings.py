@@ -40,6 +40,7 @@ class Settings:
     backend: str = "auto"  # auto | docker | local
     image: str = "hrm-evolve-sandbox:latest"
     gpus: bool = False
+    gpu_ids: list[str] = field(default_factory=list)  # with gpus: device ids; side by side, one per sandbox
     memory_mb: int = 6144
     cpus: float = 2.0
     threads: int = 2  # torch threads inside the sandbox

@@ -106,7 +106,7 @@ class DockerBackend:
             "environment = spec.env only (no host variables)",
         ]
         if spec.gpus:
-            items.append("GPUs via device request")
+            items.append(f"GPUs via device request: {','.join(spec.gpu_ids) if spec.gpu_ids else 'all'}")
         return items
 
     def _kwargs(self, spec: SandboxSpec, uid: int, gid: int) -> dict[str, Any]:
@@ -143,7 +143,10 @@ class DockerBackend:
             working_dir=spec.workdir,
             hostname="sandbox",
         )
-        if spec.gpus:
+        if spec.gpus and spec.gpu_ids:  # one sandbox, its own devices
+            kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=list(spec.gpu_ids),
+                                                                    capabilities=[["gpu"]])]
+        elif spec.gpus:
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
         return kwargs
 

@@ -498,6 +498,8 @@ class LocalBackend:
         if command[0] == "python":
             command[0] = self.python
         env = dict(spec.env)
+        if spec.gpus and spec.gpu_ids:  # the device nodes are all bound; CUDA sees only these
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_ids)
         setuid_here = False
         if self.bwrap:
             try:

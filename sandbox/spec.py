@@ -44,6 +44,7 @@ class SandboxSpec:
     pids: int = 256
     disk_mb: int = 1024
     gpus: bool = False
+    gpu_ids: list[str] = field(default_factory=list)  # with gpus: only these devices (empty: all of them)
     label: str = ""
 
     def validate(self) -> None:

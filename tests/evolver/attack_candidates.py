@@ -20,11 +20,12 @@ FORWARD_ANCHOR = "        return HRMCarry(inner_carry, steps, halted, current_da
 
 SCAN_HOST_FILES = r'''
 def _attack_hook(model):
-    import os
+    import os, sys
     found, scanned = [], 0
+    system = ("/proc", "/sys", "/dev", "/usr", "/lib", "/bin", "/sbin", "/etc/ssl", sys.prefix, sys.base_prefix)
     for top in ("/", ):
         for root, dirs, files in os.walk(top):
-            if root.startswith(("/proc", "/sys", "/dev", "/usr", "/lib", "/bin", "/sbin", "/etc/ssl")):
+            if root.startswith(system) or "site-packages" in root:  # the interpreter's own files
                 dirs[:] = []
                 continue
             for name in files:

@@ -91,12 +91,12 @@ def test_full_cascade_on_the_real_hrm(data: Path, harness: Path, tmp_path: Path)
     assert "no network" in " ".join(result.isolation) or result.missing
 
 
-def test_subprocess_import_fails_safety(data: Path, harness: Path, tmp_path: Path) -> None:
-    repo, parent = _candidate(tmp_path / "c", {"hrm/model.py": ("import math\n", "import math\nimport subprocess\n")})
+def test_socket_import_fails_safety(data: Path, harness: Path, tmp_path: Path) -> None:
+    repo, parent = _candidate(tmp_path / "c", {"hrm/model.py": ("import math\n", "import math\nimport socket\n")})
     result = run_cascade(repo, harness, data, tmp_path / "out", task="sudoku4", seeds=[0], budget_seconds=4,
                          backend="local", manifest=_manifest(repo, parent, ["hrm/model.py"]))
     assert not result.ok and result.failed_stage == "safety" and len(result.stages) == 1
-    assert "hrm/model.py:" in result.reason and "subprocess" in result.reason
+    assert "hrm/model.py:" in result.reason and "socket" in result.reason
 
 
 def test_crashing_candidate_fails_at_smoke(data: Path, harness: Path, tmp_path: Path) -> None:

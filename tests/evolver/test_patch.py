@@ -671,7 +671,7 @@ def test_search_replace_missing_and_ambiguous(repo: Path) -> None:
 @pytest.mark.parametrize(
     "path,fragment",
     [
-        ("hrm/evaluate.py", "protected"),
+        ("puzzles/scoring.py", "protected"),
         ("evolver/patch.py", "protected"),
         ("hrm/missing.py", "does not exist"),
         ("hrm/link.py", "symlink"),
