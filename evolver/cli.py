@@ -157,6 +157,23 @@ def add_proposals_command(subparsers: argparse._SubParsersAction[argparse.Argume
     diff.set_defaults(handler=cmd_proposals_diff)
 
 
+def refused_replies(rec: EvolutionRecord) -> list[dict[str, Any]]:
+    """LLM replies of the run that never became a valid proposal, from the run's state directory
+    (`failed_proposals.jsonl`: every attempt's raw text and the reasons it was refused); empty on a clone."""
+    from evolver.settings import load_settings
+
+    path = load_settings(rec.root).state_path(rec.root) / "runs" / rec.run_id / "failed_proposals.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 def cmd_proposals_list(args: argparse.Namespace) -> int:
     with _open_existing_run(args) as rec:
         store = ProposalStore(rec)
@@ -168,6 +185,11 @@ def cmd_proposals_list(args: argparse.Namespace) -> int:
             data = store.proposal(pid) or {}
             table.add_row(pid, str(data.get("title", "")), "yes" if pid in branches else "-",
                           ", ".join(store.files(pid)))
+        for entry in refused_replies(rec):
+            attempts = len(entry.get("attempts") or [])
+            table.add_row(str(entry.get("id") or f"cycle-{entry.get('cycle')}"),
+                          f"[red]refused[/red] ({attempts} attempt(s)): {entry.get('reason', '')}", "-",
+                          "failed_proposals.jsonl")
     _out().print(table)
     return 0
 
@@ -254,6 +276,9 @@ def collect_history(rec: EvolutionRecord) -> list[HistoryRow]:
         cites = ", ".join(str(c.get("arxiv_id")) for c in data.get("citations") or [] if isinstance(c, dict))
         rows.append(HistoryRow(pid, labels.get(parent, parent[:10]), str(result.get("verdict") or "pruned"),
                                _number(scores.get("score")), _number(scores.get("delta")), cites, None))
+    for entry in refused_replies(rec):
+        rows.append(HistoryRow(str(entry.get("id") or f"cycle-{entry.get('cycle')}"), "-", "invalid", None, None,
+                               "", None))
     return rows
 
 
@@ -281,7 +306,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     for col in ("id", "parent", "verdict", "score", "delta", "citations"):
         table.add_column(col, justify="right" if col in ("score", "delta") else "left")
     for row in rows:
-        style = {"accepted": "green", "pending": "yellow"}.get(row.verdict, "red")
+        style = {"accepted": "green", "merged": "green", "pending": "yellow",
+                 "pending-review": "yellow"}.get(row.verdict, "red")
         table.add_row(row.proposal_id, row.parent, f"[{style}]{row.verdict}[/{style}]",
                       "-" if row.score is None else f"{row.score:.4f}",
                       "-" if row.delta is None else f"{row.delta:+.4f}", row.citations or "-")

@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from puzzles import jsonl_task, maze, sudoku
-from puzzles.format import DatasetMetadata, load_split, write_split
+from puzzles.format import DatasetMetadata, write_split
 from puzzles.symmetry import dihedral as _dihedral
 from puzzles.symmetry import sudoku_symmetry_batch
 
-__all__ = ["TASK_ALIASES", "DatasetMetadata", "build_dataset", "load_split", "resolve_task", "write_split"]
+__all__ = ["TASK_ALIASES", "DatasetMetadata", "build_dataset", "resolve_task", "write_split"]
 
 TASK_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "sudoku4": ("sudoku", {"box": (2, 2)}),

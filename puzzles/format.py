@@ -1,4 +1,7 @@
-"""The on-disk puzzle dataset layout used by the HRM reference builders.
+"""The on-disk puzzle dataset layout used by the HRM reference builders: the trusted writer.
+
+The harness reads splits with puzzles.arrays; the evolvable hrm/data/format.py keeps its own reader (and a
+copy of this writer), since hrm/ imports nothing of the engine.
 
 A dataset directory holds one folder per split::
 
@@ -108,32 +111,3 @@ def write_split(
     (split_dir / "dataset.json").write_text(json.dumps(meta.to_dict(), indent=1) + "\n")
     names = identifiers if identifiers is not None else ["<blank>"]
     (root / "identifiers.json").write_text(json.dumps(names) + "\n")
-
-
-def load_metadata(root: Path, split: str) -> DatasetMetadata:
-    path = Path(root) / split / "dataset.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no dataset split at {path}")
-    return DatasetMetadata.from_dict(json.loads(path.read_text()))
-
-
-def load_split(root: Path, split: str) -> tuple[DatasetMetadata, dict[str, np.ndarray]]:
-    """Read a split; several sets are concatenated into one with shifted CSR offsets."""
-    meta = load_metadata(root, split)
-    split_dir = Path(root) / split
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ARRAY_FIELDS}
-    n_examples = n_puzzles = 0
-    for set_name in meta.sets:
-        loaded = {k: np.load(split_dir / f"{set_name}__{k}.npy") for k in ARRAY_FIELDS}
-        first = not parts["inputs"]
-        parts["inputs"].append(loaded["inputs"])
-        parts["labels"].append(loaded["labels"])
-        parts["puzzle_identifiers"].append(loaded["puzzle_identifiers"])
-        pi = loaded["puzzle_indices"].astype(np.int64) + n_examples
-        gi = loaded["group_indices"].astype(np.int64) + n_puzzles
-        parts["puzzle_indices"].append(pi if first else pi[1:])
-        parts["group_indices"].append(gi if first else gi[1:])
-        n_examples += len(loaded["inputs"])
-        n_puzzles += len(loaded["puzzle_indices"]) - 1
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
-    return meta, arrays

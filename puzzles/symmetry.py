@@ -1,4 +1,6 @@
-"""Validity-preserving augmentations, vectorised over a batch of flattened grids.
+"""Validity-preserving symmetries the trusted generators use (random solution grids, maze deduplication and
+stored augmentations), vectorised over a batch of flattened grids. The evolvable hrm/data/augment.py has
+its own copy for training-time augmentation.
 
 Sudoku: a digit permutation (pad and blank fixed), a transpose (square boxes only), a shuffle of the bands
 and of the rows inside each band, and of the stacks and of the columns inside each stack.
@@ -69,28 +71,3 @@ def dihedral(grid: np.ndarray, k: int) -> np.ndarray:
     if k >= 4:
         out = np.swapaxes(out, -2, -1)
     return out
-
-
-def maze_dihedral_batch(
-    inputs: np.ndarray,
-    labels: np.ndarray | None,
-    size: int,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Apply one random dihedral symmetry per row of ``inputs`` [B, size*size] (and ``labels``)."""
-    inputs = np.asarray(inputs)
-    batch = inputs.shape[0]
-    if inputs.shape[1] != size * size:
-        raise ValueError(f"maze batch has {inputs.shape[1]} cells, expected {size * size}")
-    ks = rng.integers(0, 8, size=batch)
-
-    def apply(x: np.ndarray) -> np.ndarray:
-        grids = np.asarray(x).reshape(batch, size, size)
-        out = np.empty_like(grids)
-        for k in range(8):
-            rows = np.nonzero(ks == k)[0]
-            if rows.size:
-                out[rows] = dihedral(grids[rows], k)
-        return out.reshape(batch, size * size)
-
-    return apply(inputs), (apply(labels) if labels is not None else None)

@@ -153,6 +153,14 @@ def test_scripted_llm_garbage_is_recorded_and_a_helpful_change_is_merged(repo: P
     assert "valid" in outcomes[0].reason.lower() or "json" in outcomes[0].reason.lower()
     failed_log = (loop.run_dir / "failed_proposals.jsonl").read_text().splitlines()
     assert len(failed_log) == 1
+    refused = json.loads(failed_log[0])
+    assert refused["attempts"] and all(a.get("raw_text") is not None for a in refused["attempts"])
+    assert "{not json at all" in refused["attempts"][0]["raw_text"]  # the raw reply is kept for review
+    hist = subprocess.run([sys.executable, str(EVOLVE), "history", "--repo", str(repo), "--run-id", loop.run_id,
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert hist.returncode == 0, hist.stderr
+    verdicts = {r["proposal_id"]: r["verdict"] for r in json.loads(hist.stdout)}
+    assert verdicts.get("cycle-1") == "invalid" and verdicts.get("restore-learning-rates") in ("merged", "accepted")
     merged = outcomes[1]
     assert merged.delta is not None and merged.delta > 0.01
     result = loop.store.result("restore-learning-rates")
