@@ -200,7 +200,7 @@ class EvolutionLoop:
             worktree, self.harness_dir, self.data_dir(), out,
             task=s.task, seeds=list(s.seeds), budget_seconds=s.budget_seconds, backend=self.backend,
             stages=stages, manifest=manifest, gpus=s.gpus, gpu_ids=self._gpu_ids(0), memory_mb=s.memory_mb, cpus=s.cpus,
-            threads=s.threads, label=self.run_id, progress=self._on_stage, eval_cap_s=eval_cap_s,
+            threads=self._stage_threads(), label=self.run_id, progress=self._on_stage, eval_cap_s=eval_cap_s,
             setup_allowance_s=s.setup_allowance_seconds,
         )
         result.save(out / "cascade.json")
@@ -382,6 +382,14 @@ class EvolutionLoop:
         finally:
             self.record.remove_candidate(cand)
 
+    def _stage_threads(self) -> int:
+        """Torch threads per sandbox. Side by side, each sandbox gets half of --threads; the lone stages (the
+        gates, the baseline) use the same, so every measurement of a run trains under the same threads, and
+        no stage spins OpenMP threads against a busy core (2 threads beside a CPU hog on 2 cores took trainability
+        from about 20 s past its 300 s limit)."""
+        s = self.settings
+        return max(1, s.threads // 2) if s.side_by_side else s.threads
+
     def _gpu_ids(self, slot: int) -> list[str]:
         """One GPU per sandbox: slot 0 (the parent, and every lone stage) and slot 1 (the candidate beside
         it) take their device from --gpu-ids in turn (default: device 0 for both)."""
@@ -393,7 +401,7 @@ class EvolutionLoop:
         assert self.baseline is not None
         eval_cap = eval_time_cap(self.baseline.eval_seconds())
         side_by_side = bool(s.side_by_side)
-        threads = max(1, s.threads // 2) if side_by_side else s.threads
+        threads = self._stage_threads()
         cpus = max(1.0, s.cpus / 2) if side_by_side else s.cpus
         trees = {"parent": self.record.run_worktree(), "candidate": cand.path}
 
