@@ -38,7 +38,8 @@ import numpy as np
 
 from evolver.gates import Gate, judge_evaluation, judge_report
 from evolver.harness_copy import stage_candidate
-from puzzles.splits import load_inputs, load_labels, sealed_view, train_view
+from puzzles.arrays import load_split
+from puzzles.splits import sealed_view, train_view
 from puzzles.tasks import TaskSpec, get_task
 from sandbox import Backend, Mount, SandboxResult, SandboxSpec, get_backend
 from sandbox.readback import UnsafeOutput, audit_tree, copy_out, read_array, read_json
@@ -407,7 +408,10 @@ def run_cascade(
             try:
                 arrays = _read_eval_arrays(stage_out)
                 if labels is None:
-                    labels, inputs = load_labels(data_dir, heldout_split), load_inputs(data_dir, heldout_split)
+                    held = load_split(data_dir, heldout_split)  # the harness's reader, on the host's copy
+                    if held.labels is None:
+                        raise ValueError(f"the host's {heldout_split} split has no labels")
+                    labels, inputs = held.labels, held.inputs
                 assert inputs is not None
                 gate, numbers = judge_evaluation(arrays, labels, inputs)
             except (OSError, UnsafeOutput, ValueError) as exc:

@@ -15,10 +15,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from puzzles.build import build_dataset
-from puzzles.scoring import IGNORE_LABEL
 from puzzles.tasks import TaskSpec
 
 SECRET_FILE = "secret"
@@ -87,23 +84,3 @@ def train_view(data: Path, dest_root: Path) -> Path:
 def sealed_view(data: Path, split: str, dest_root: Path) -> Path:
     """A dataset root holding held-out ``split`` as ``test`` without its label files."""
     return _copy_split(data, split, dest_root, with_labels=False, as_name="test")
-
-
-def load_labels(data: Path, split: str) -> np.ndarray:
-    """A split's labels in the harness's example order (sets concatenated), ignore label mapped to -100."""
-    split_dir = Path(data) / split
-    meta = json.loads((split_dir / "dataset.json").read_text())
-    ignore = meta.get("ignore_label_id")
-    parts = []
-    for name in meta.get("sets") or ["all"]:
-        labels = np.load(split_dir / f"{name}__labels.npy", allow_pickle=False).astype(np.int64)
-        parts.append(np.where(labels == ignore, IGNORE_LABEL, labels) if ignore is not None else labels)
-    return np.concatenate(parts)
-
-
-def load_inputs(data: Path, split: str) -> np.ndarray:
-    """A split's inputs [N, L] (for host-side chance baselines)."""
-    split_dir = Path(data) / split
-    meta = json.loads((split_dir / "dataset.json").read_text())
-    return np.concatenate([np.load(split_dir / f"{name}__inputs.npy", allow_pickle=False).astype(np.int64)
-                           for name in meta.get("sets") or ["all"]])

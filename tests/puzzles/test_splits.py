@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from puzzles.arrays import load_split
 from puzzles.build import build_dataset
 from puzzles.splits import (
     SECRET_FILE,
     ensure_run_data,
-    load_labels,
     read_or_create_secret,
     sealed_view,
     train_view,
@@ -60,7 +60,8 @@ def test_views_copy_only_what_a_stage_may_see(tmp_path: Path) -> None:
     assert sorted(p.name for p in view.iterdir()) == ["identifiers.json", "train"]
     for path in list(sealed.rglob("*")) + list(view.rglob("*")):
         assert not path.is_symlink() and (path.is_dir() or path.stat().st_nlink == 1)
-    assert load_labels(data, "select").shape == np.load(data / "select" / "all__inputs.npy").shape
+    held = load_split(data, "select")
+    assert held.labels is not None and held.labels.shape == np.load(data / "select" / "all__inputs.npy").shape
 
 
 def test_a_changed_task_spec_is_refused_for_an_existing_run(tmp_path: Path) -> None:
