@@ -323,6 +323,8 @@ class EvolutionLoop:
             timings["patch"] = time.monotonic() - t0
             self.record.discard_candidate(cand)
             self.store.save_proposal(proposal)
+            if isinstance(exc, EditError):
+                result["edit_errors"] = [e.describe() for e in exc.errors]
             return self._finish(result, "invalid", "apply", str(exc), timings)
         sha = self.record.commit_candidate(cand, proposal)
         diff = self.record.diff(cand)

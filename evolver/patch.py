@@ -56,7 +56,11 @@ class AppliedEdit:
 
 
 class EditError(Exception):
-    """An edit that could not be applied; nothing was written."""
+    """An edit that could not be applied; nothing was written.
+
+    When several edits of a proposal fail, the error raised describes the first and lists every one in
+    ``errors`` (each an EditError); its message names them all, so a proposer can fix them in one go.
+    """
 
     def __init__(self, index: int, op: str, file: str, target: str | None, reason: str) -> None:
         self.index = index
@@ -64,8 +68,22 @@ class EditError(Exception):
         self.file = file
         self.target = target
         self.reason = reason
-        where = f" target {target!r}" if target else ""
-        super().__init__(f"edits[{index}] ({op}) in {file}{where}: {reason}")
+        self.errors: list[EditError] = [self]
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        where = f" target {self.target!r}" if self.target else ""
+        return f"edits[{self.index}] ({self.op}) in {self.file}{where}: {self.reason}"
+
+    @classmethod
+    def combine(cls, errors: Sequence[EditError]) -> EditError:
+        first = errors[0]
+        if len(errors) == 1:
+            return first
+        out = cls(first.index, first.op, first.file, first.target, first.reason)
+        out.errors = list(errors)
+        out.args = (f"{len(errors)} edits failed: " + "; ".join(e.describe() for e in errors),)
+        return out
 
 
 class _Failure(Exception):
@@ -615,56 +633,83 @@ def _edit_target(edit: Edit) -> str | None:
 
 
 def plan_edits(root: Path, edits: Sequence[Edit], policy: PathPolicy = DEFAULT_POLICY) -> PatchResult:
-    """Apply `edits` in memory and return the before/after texts; raise `EditError` on the first failure."""
+    """Apply `edits` in memory and return the before/after texts.
+
+    Every edit is tried: one that fails is left out (later edits of its file see the text without it) and
+    recorded; when any failed, an `EditError` listing all of them is raised and nothing is returned.
+    """
     root = Path(root)
     before: dict[str, str] = {}
     after: dict[str, str] = {}
     modules: dict[str, cst.Module] = {}
+    unreadable: dict[str, str] = {}
     applied: list[AppliedEdit] = []
+    errors: list[EditError] = []
     for index, edit in enumerate(edits):
         rel = edit.file
 
         def fail(reason: str, edit: Edit = edit, index: int = index) -> EditError:
             return EditError(index, edit.op, edit.file, _edit_target(edit), reason)
 
+        if rel in unreadable:
+            errors.append(fail(unreadable[rel]))
+            continue
         if rel not in after:
-            try:
-                path = policy.check(root, rel)
-            except PathRejected as exc:
-                raise fail(f"path rejected: {exc.reason}") from None
-            if path.suffix != ".py":
-                raise fail("only Python files can be edited")
-            if not path.is_file():
-                raise fail("file does not exist")
-            try:
-                text = path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise fail(f"file is not UTF-8: {exc}") from None
-            try:
-                modules[rel] = cst.parse_module(text)
-            except cst.ParserSyntaxError as exc:
-                raise fail(f"file does not parse before editing: {exc.message}") from None
-            before[rel] = after[rel] = text
+            reason = _open_problem(root, rel, policy, before, after, modules)
+            if reason:
+                unreadable[rel] = reason
+                errors.append(fail(reason))
+                continue
         text = after[rel]
         try:
             new_text, target, new_module = _apply_one(text, modules[rel], edit)
             if new_text == text:
                 raise _Failure("edit leaves the file unchanged (no-op)")
             _compile(new_text, rel)
-            modules[rel] = new_module if new_module is not None else _parse(new_text)
+            new_module = new_module if new_module is not None else _parse(new_text)
         except _Failure as exc:
-            raise fail(str(exc)) from None
+            errors.append(fail(str(exc)))
+            continue
+        modules[rel] = new_module
         after[rel] = new_text
         applied.append(AppliedEdit(index, edit.op, rel, target, _count_changed(text, new_text)))
     for rel in after:
-        last = max(a.index for a in applied if a.file == rel)
+        mine = [a.index for a in applied if a.file == rel]
+        if not mine:
+            continue
+        last = max(mine)
         try:
             if after[rel] == before[rel]:
                 raise _Failure("the file's edits cancel out (no net change)")
             _parse(after[rel])  # the final text must re-parse and round-trip, whatever built it
         except _Failure as exc:
-            raise EditError(last, edits[last].op, rel, _edit_target(edits[last]), str(exc)) from None
+            errors.append(EditError(last, edits[last].op, rel, _edit_target(edits[last]), str(exc)))
+    if errors:
+        raise EditError.combine(sorted(errors, key=lambda e: e.index))
     return PatchResult(applied, before, after)
+
+
+def _open_problem(root: Path, rel: str, policy: PathPolicy, before: dict[str, str], after: dict[str, str],
+                  modules: dict[str, cst.Module]) -> str | None:
+    """Load ``rel`` into the working maps; return why it cannot be edited, or None."""
+    try:
+        path = policy.check(root, rel)
+    except PathRejected as exc:
+        return f"path rejected: {exc.reason}"
+    if path.suffix != ".py":
+        return "only Python files can be edited"
+    if not path.is_file():
+        return "file does not exist"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"file is not UTF-8: {exc}"
+    try:
+        modules[rel] = cst.parse_module(text)
+    except cst.ParserSyntaxError as exc:
+        return f"file does not parse before editing: {exc.message}"
+    before[rel] = after[rel] = text
+    return None
 
 
 def _write_all(root: Path, texts: Mapping[str, str]) -> None:

@@ -598,6 +598,36 @@ def test_failure_writes_nothing_even_for_earlier_good_edits(repo: Path) -> None:
     assert not list((repo / "hrm").glob(".*tmp"))
 
 
+def test_every_failing_edit_is_listed_and_later_edits_are_still_checked(repo: Path) -> None:
+    before = read(repo)
+    with pytest.raises(EditError) as info:
+        apply_edits(
+            repo,
+            edits(
+                {"op": "delete_symbol", "file": "hrm/model.py", "target": "no_such_function"},
+                {"op": "set_value", "file": "hrm/model.py", "target": "MAX_STEPS", "value": "8"},
+                {"op": "set_value", "file": "hrm/missing.py", "target": "X", "value": "1"},
+                {"op": "set_value", "file": "hrm/missing.py", "target": "Z", "value": "2"},
+                {"op": "set_value", "file": "hrm/model.py", "target": "NOPE", "value": "3"},
+            ),
+        )
+    err = info.value
+    assert [e.index for e in err.errors] == [0, 2, 3, 4]
+    assert err.index == 0
+    assert "4 edits failed" in str(err)
+    assert "edits[2] (set_value) in hrm/missing.py" in str(err) and "file does not exist" in str(err)
+    assert "edits[4]" in str(err) and "NOPE" in str(err)
+    assert "edits[1]" not in str(err)  # the good edit is not blamed
+    assert read(repo) == before
+
+
+def test_one_failing_edit_keeps_the_plain_message(repo: Path) -> None:
+    with pytest.raises(EditError) as info:
+        apply_edits(repo, edits({"op": "set_value", "file": "hrm/model.py", "target": "NOPE", "value": "3"}))
+    assert info.value.errors == [info.value]
+    assert str(info.value).startswith("edits[0] (set_value) in hrm/model.py target 'NOPE': ")
+
+
 def test_dry_run_reports_without_writing(repo: Path) -> None:
     before = read(repo, "hrm/small.py")
     applied = apply_edits(
