@@ -70,6 +70,8 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--backend", choices=["auto", "docker", "local"], default=None)
     p.add_argument("--gpus", action="store_true", default=None,
                    help="train on a GPU: one per sandbox, CUDA checked inside it (needs a CUDA image)")
+    p.add_argument("--image", default=None,
+                   help="sandbox image for the Docker backend (default hrm-evolve-sandbox:latest; a CUDA build for --gpus)")
     p.add_argument("--gpu-ids", type=lambda t: [x.strip() for x in t.split(",") if x.strip()], default=None,
                    help="device ids for --gpus, e.g. 0,1: the parent's sandbox takes the first, the "
                         "candidate's beside it the second (default 0)")
