@@ -212,7 +212,7 @@ class EvolutionLoop:
             expected = self.settings.budget_seconds if stage == "train" else None
             self.display.stage(stage, where, expected)
         elif run is not None and not run.ok:
-            self.display.log(f"[red]{stage} {where} failed:[/] {run.reason[:300]}")
+            self.display.log(f"[red]{stage} {where} failed:[/] {escape(run.reason)}")  # wrapped, never cut
 
     def measure_baseline(self) -> Baseline:
         best = self.record.best_commit()
