@@ -67,6 +67,7 @@ def _set(file: str, target: str, value: str) -> dict[str, Any]:
 PRESETS = "hrm/presets.py"
 CONFIG = "hrm/config.py"
 MODEL = "hrm/model.py"
+LAYERS = "hrm/layers.py"
 
 FULL_BACKPROP_FORWARD = '''\
 def forward(
@@ -132,6 +133,73 @@ def forward(
             halted = halted & (steps >= min_steps)
 
     return HRMCarry(inner_carry, steps, halted, current_data), outputs
+'''
+
+MLP_T_BLOCK = '''\
+class HRMBlock(nn.Module):
+    """Post-norm block: h = norm(h + mix(h)); h = norm(h + mlp(h)).
+
+    The token mixer is self-attention, or with ``config.mlp_t`` an MLP over the sequence (TRM, 2510.04871,
+    MLP-Mixer style): the state is transposed to [B, hidden, L], a SwiGLU mixes the L = seq_len +
+    puzzle_emb_len positions, and the result is transposed back. Its weights have the sequence length built
+    in, so ``config.seq_len`` must be the dataset's (the trainer takes it from the dataset before building
+    the model) and every input must have exactly L positions.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.use_mlp_t = bool(config.mlp_t)
+        if self.use_mlp_t:
+            puzzle_emb_len = -(config.puzzle_emb_ndim // -config.hidden_size)  # as HRMInner computes it
+            self.mix_len = config.seq_len + puzzle_emb_len
+            # Inner width by the channel MLP's rule (expansion * L * 2/3) rounded up to 16, not 256: 256 would
+            # make the mixer of a 17-position grid 15x wider than its input and several times slower.
+            self.mlp_t = SwiGLU(hidden_size=self.mix_len, expansion=config.expansion, multiple=16)
+        else:
+            self.self_attn = Attention(
+                hidden_size=config.hidden_size,
+                head_dim=config.hidden_size // config.num_heads,
+                num_heads=config.num_heads,
+                num_key_value_heads=config.num_heads,
+                causal=False,
+                attn_impl=config.attn_impl,
+            )
+        self.mlp = SwiGLU(hidden_size=config.hidden_size, expansion=config.expansion)
+        self.norm_eps = config.rms_norm_eps
+
+    def mix(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
+        """The token-mixing sublayer's output (a fresh tensor), before the residual and the norm."""
+        if not self.use_mlp_t:
+            return self.self_attn(cos_sin, hidden_states)
+        if hidden_states.shape[1] != self.mix_len:
+            raise ValueError(
+                f"mlp_t block built for {self.mix_len} positions (seq_len + puzzle_emb_len), "
+                f"got {hidden_states.shape[1]}"
+            )
+        return self.mlp_t(hidden_states.transpose(1, 2)).transpose(1, 2).contiguous()
+
+    def forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            hidden_states = rms_norm(hidden_states + self.mix(cos_sin, hidden_states), self.norm_eps)
+            return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
+        # Outside autograd (most of a segment's updates, and the Q-target forward) the sublayer outputs are
+        # fresh tensors: add the residual and normalise in place. Same values (a + b == b + a in IEEE).
+        hidden_states = rms_norm_(self.mix(cos_sin, hidden_states).add_(hidden_states), self.norm_eps)
+        return rms_norm_(self.mlp(hidden_states).add_(hidden_states), self.norm_eps)
+'''
+
+SWIGLU_WIDTH = '''\
+def swiglu_width(hidden_size: int, expansion: float, multiple: int = 256) -> int:
+    """Inner width of the SwiGLU: round(expansion * hidden * 2/3) rounded up to a multiple of ``multiple``."""
+    return find_multiple(round(expansion * hidden_size * 2 / 3), multiple)
+'''
+
+SWIGLU_INIT = '''\
+def __init__(self, hidden_size: int, expansion: float, multiple: int = 256) -> None:
+    super().__init__()
+    inter = swiglu_width(hidden_size, expansion, multiple)
+    self.gate_up_proj = CastedLinear(hidden_size, inter * 2, bias=False)
+    self.down_proj = CastedLinear(inter, hidden_size, bias=False)
 '''
 
 CATALOGUE: tuple[CatalogueEntry, ...] = (
@@ -321,6 +389,87 @@ CATALOGUE: tuple[CatalogueEntry, ...] = (
         ),
         risk="medium",
         failure_modes=("less capacity when the levels need different functions",),
+    ),
+    CatalogueEntry(
+        id="trm-mlp-token-mixer",
+        title="An MLP over the sequence instead of self-attention on sudoku4 and sudoku6",
+        rationale=(
+            "TRM replaces self-attention with an MLP applied across the token dimension (MLP-Mixer style) when "
+            "the context is small and fixed, L <= D, as a Sudoku grid is; on Sudoku-Extreme this raised "
+            "accuracy from 74.7% (self-attention) to 87.4%, while on 30x30 mazes and ARC attention stayed "
+            "better. The edit adds a ModelConfig switch mlp_t (default False, so reference-shaped models and "
+            "checkpoints are unchanged) and turns it on in the CPU presets where L = seq_len + 1 puzzle "
+            "position fits in hidden_size 64: sudoku4 (L=17) and sudoku6 (L=37); sudoku9 and maze (L=82) "
+            "keep attention. Each block then transposes the state to [B, hidden, L], applies a SwiGLU over L "
+            "(L fixed at build time from the seq_len the trainer takes from the dataset, plus the "
+            "puzzle-embedding prefix; inner width expansion * L * 2/3 rounded up to 16, i.e. 48 and 112, "
+            "where the usual rounding to 256 would make it 2-5x slower than attention on CPU), transposes "
+            "back and normalises over the hidden axis as HRM's post-norm does. Position is implicit in the "
+            "mixer's weights, so RoPE goes unused in these blocks. Parameters: 21% fewer on sudoku4, 6% on "
+            "sudoku6; step time about the same as with attention on 2 CPU cores."
+        ),
+        hypothesis=(
+            "A token-mixing MLP learns the fixed row/column/box interactions of a small grid more easily than "
+            "attention and raises exact accuracy on sudoku4/sudoku6 at equal budget."
+        ),
+        citations=(
+            (*TRM, "On Sudoku-Extreme an MLP over the sequence beats self-attention (87.4% vs 74.7%, Table 1)."),
+            ("2002.05202", "GLU Variants Improve Transformer", "SwiGLU, the MLP used for the token mixer too."),
+        ),
+        edits=(
+            _sr(
+                CONFIG,
+                '    attn_impl: str = "auto"  # "auto" (flash-attn if installed, else SDPA) | "sdpa" | "flash"\n',
+                '    attn_impl: str = "auto"  # "auto" (flash-attn if installed, else SDPA) | "sdpa" | "flash"\n'
+                "    mlp_t: bool = False  # token mixer: False = self-attention, True = an MLP over the fixed sequence\n",
+            ),
+            {"op": "replace_function", "file": LAYERS, "target": "swiglu_width", "code": SWIGLU_WIDTH},
+            {"op": "replace_function", "file": LAYERS, "target": "SwiGLU.__init__", "code": SWIGLU_INIT},
+            {"op": "replace_class", "file": MODEL, "target": "HRMBlock", "code": MLP_T_BLOCK},
+            _sr(
+                PRESETS,
+                "        num_heads=4,\n        expansion=4.0,\n",
+                "        num_heads=4,\n        expansion=4.0,\n"
+                "        mlp_t=seq_len + 1 <= 64,  # TRM: an MLP token mixer where L (seq + puzzle position) <= hidden\n",
+            ),
+        ),
+        size=0.03,
+        risk="medium",
+        failure_modes=(
+            "a dense mixer over 17 or 37 positions may overfit 2000 training puzzles where attention's shared "
+            "weights generalise",
+            "the model only accepts the sequence length it was built for (no length transfer)",
+            "the gain measured on 9x9 Sudoku-Extreme may not carry over to 4x4/6x6 grids with short budgets",
+        ),
+    ),
+    CatalogueEntry(
+        id="trm-two-layers",
+        title="Two layers per level instead of four in the GPU presets",
+        rationale=(
+            "TRM reports that 2-layer networks recursed more often generalise better than 4-layer ones on "
+            "small data (Sudoku-Extreme 87.4% with 2 layers and n=6 vs 79.5% with 4 layers and n=3). The CPU "
+            "presets already use H_layers=L_layers=2; the GPU presets (sudoku-extreme-gpu, maze30-gpu) still "
+            "use the reference's 4+4, which this entry halves. Note that TRM compared at roughly equal "
+            "effective depth (it doubled the recursions); this entry alone halves the depth and the compute "
+            "of each segment, trading it for about twice the optimizer steps per hour and half the block "
+            "parameters (27M -> about 14M); more-l-cycles can buy the depth back."
+        ),
+        hypothesis="2+2 layers overfit less on the 1k-example GPU tasks and match or beat 4+4 at equal wall clock.",
+        citations=(
+            (*TRM, "Fewer layers (2) with more recursions generalise better than 4 layers on small data (Table 1)."),
+            (
+                "2502.05171",
+                "Scaling up Test-Time Compute with Latent Reasoning: A Recurrent Depth Approach",
+                "Depth can come from recurrence rather than from more layers.",
+            ),
+        ),
+        edits=(_sr(PRESETS, "        H_layers=4,\n        L_layers=4,\n", "        H_layers=2,\n        L_layers=2,\n"),),
+        size=0.02,
+        risk="medium",
+        failure_modes=(
+            "half the depth per recursion without more cycles may underfit (TRM compensated with n=6)",
+            "no effect on the CPU presets, which are already 2+2",
+        ),
     ),
     CatalogueEntry(
         id="more-halt-steps",
