@@ -101,3 +101,36 @@ def test_a_budgeted_proposal_request_fits_4096_and_nonsense_is_refused_with_reas
     streamed = [e.tokens for e in events if e.status == "streaming" and e.attempt == 1]
     assert streamed and streamed == sorted(streamed)
     assert [e.status for e in events].count("refused") == 2
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.usefixtures("require_local_sandbox")
+def test_the_main_command_runs_two_cycles_against_llamacpp_and_ends_by_itself(llama_server: LlamaServer,
+                                                                              tmp_path: Path) -> None:
+    """`evolve.py --provider lmstudio` on a 4096-token server: the baseline is measured, two cycles ask for a
+    proposal within the context (no HTTP 400), the tiny model's replies are refused with reasons and kept on
+    the record branch, and the run stops after its two cycles with exit 0."""
+    import subprocess
+    import sys
+
+    from tests.evolver.test_loop_e2e import _git, _snapshot
+
+    repo = _snapshot(tmp_path / "repo")
+    cmd = [sys.executable, str(REPO / "evolve.py"), "--repo", str(repo), "--provider", "lmstudio",
+           "--host", f"{llama_server.url}/v1", "--cycles", "2", "--auto-apply", "--task", "sudoku4",
+           "--budget-seconds", "3", "--seeds", "0,1", "--backend", "local", "--literature", "snapshot",
+           "--max-reply-tokens", "128", "--llm-retries", "0", "--llm-timeout", "120"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=850)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "0 candidate(s), 0 merged; 2 LLM repl(ies) never became a valid proposal" in out, out[-3000:]
+    assert "exceeds the available context" not in out and "HTTP 400" not in out
+    run_id = next(b.split("/")[1] for b in _git(repo, "for-each-ref", "--format=%(refname:short)",
+                                                 "refs/heads/evolve/").split() if b.endswith("/record"))
+    names = _git(repo, "ls-tree", "--name-only", f"evolve/{run_id}/record:replies/{run_id}").split()
+    assert names == ["cycle-1.json", "cycle-2.json"]
+    for name in names:
+        entry = json.loads(_git(repo, "show", f"evolve/{run_id}/record:replies/{run_id}/{name}"))
+        assert entry["kind"] in ("truncated", "invalid_proposal"), entry["reason"]  # never config/http_error
+        assert entry["attempts"] and all(a["raw_text"] is not None and a["problems"] for a in entry["attempts"])
+        assert all(a["tokens_in"] + a["max_tokens"] <= llama_server.context_tokens for a in entry["attempts"])
