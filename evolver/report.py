@@ -1,4 +1,5 @@
-"""`python evolve.py report`: a JSON summary and PNG plots of a run, built from its stored results."""
+"""`python evolve.py report`: a JSON summary, PNG plots and a self-contained HTML page of a run, built from its
+stored results (the page: :mod:`evolver.report_html`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+
+from evolver.record import EvolutionRecord  # noqa: E402
+from evolver.report_html import HTML_FILE, write_html_report  # noqa: E402
 
 SUCCESS_VERDICTS = {"merged", "approved"}
 
@@ -66,8 +70,12 @@ def _bar_plot(values: dict[str, float], ylabel: str, title: str, color: str, pat
     return path
 
 
-def write_report(results: list[dict[str, Any]], out_dir: Path, baseline: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write summary.json and three PNG plots into out_dir; return their paths."""
+def write_report(results: list[dict[str, Any]], out_dir: Path, baseline: dict[str, Any] | None = None, *,
+                 record: EvolutionRecord | None = None) -> dict[str, Path]:
+    """Write summary.json, three PNG plots and report.html into out_dir; return their paths.
+
+    ``record`` is the run's record, for the page's tree, proposals, diffs and learning curves; without it the
+    page looks the run up in the repository holding out_dir, then in the working directory's."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(results, baseline)
@@ -93,4 +101,6 @@ def write_report(results: list[dict[str, Any]], out_dir: Path, baseline: dict[st
                                   "tab:red", out_dir / "failures_by_stage.png")
     paths["times"] = _bar_plot(summary["mean_seconds_by_stage"], "mean seconds per candidate", "Time per stage",
                                "tab:blue", out_dir / "time_per_stage.png")
+    images = {k: paths[k] for k in ("scores", "failures", "times")}
+    paths["html"] = write_html_report(out_dir / HTML_FILE, results, record=record, summary=summary, images=images)
     return paths
