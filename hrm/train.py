@@ -1,4 +1,19 @@
-"""The HRM trainer: the reference's segment loop with budgets, checkpoints, resume and evaluation.
+"""The HRM trainer: the reference's segment loop with budgets, checkpoints, resume and evaluation, in parts.
+
+:func:`train` is a short sequence of small functions, each replaceable on its own:
+- schedule: :func:`scheduled_lr_factor` (the rate multiplier for a step, from the step, the training time,
+  the ``TrainConfig`` and the horizon of :func:`lr_horizon`), built on :func:`lr_factor`;
+- one optimisation step: :func:`optimization_step` (forward through the loss head, non-finite check,
+  backward, clipping, rates, optimizer steps, EMA), returning a :class:`StepOutcome`; its metrics.jsonl
+  record is :func:`train_record`;
+- state and checkpoints: :class:`TrainState` (step, times, loss tracker, carry, last eval, stop reason),
+  :func:`to_checkpoint` / :func:`save_checkpoint` / :func:`from_checkpoint`, :func:`read_checkpoint`,
+  :func:`check_same_run`, :func:`finished_summary`, :func:`truncate_metrics`;
+- evaluation and stops: :func:`evaluate_in_training`, :func:`eval_due`, :func:`stop_before_step`,
+  :func:`stop_after_step`, :func:`non_finite_stop`, :func:`convergence_stop`;
+- setup and the loop: :func:`resolve_run`, :func:`load_training_data`, :func:`build_learner` (a
+  :class:`Learner`: model, loss head, optimizers, EMA), :class:`TrainSetup`, :func:`run_steps`,
+  :func:`final_summary`.
 
 Each step runs one ACT segment on the persistent carry: rows that halted at the previous step take new
 samples from this step's batch, the others keep reasoning on their own sample. The loss (a sum over the
@@ -13,10 +28,11 @@ at the end of warmup), ``interrupted`` (SIGINT/SIGTERM or a callback asked to st
 the run can be resumed; no final evaluation).
 
 Files in ``out_dir``:
-- ``checkpoint.pt`` (written atomically; loads with ``torch.load(weights_only=True)``): ``config`` (the
-  resolved ``RunConfig.to_dict()``), ``model`` (the HRM ``state_dict``, names under ``inner.``), ``ema``
-  (EMA weights as a full HRM state dict, or None), ``optimizers``, ``step``, ``elapsed`` (training seconds),
-  ``rng``, ``data_position``, ``carry``, ``jsonl_offset``, ``tracker``, ``finished`` and ``final_metrics``.
+- ``checkpoint.pt`` (written atomically; loads with ``torch.load(weights_only=True)``): ``format``,
+  ``config`` (the resolved ``RunConfig.to_dict()``), ``seed``, ``model`` (the HRM ``state_dict``, names
+  under ``inner.``), ``ema`` (EMA weights as a full HRM state dict, or None), ``optimizers``, ``step``,
+  ``elapsed`` (training seconds), ``eval_seconds``, ``rng``, ``data_position``, ``carry``, ``jsonl_offset``,
+  ``tracker``, ``last_eval``, ``stop_reason``, ``finished`` and ``final_metrics``.
 - ``metrics.jsonl``: one ``{"type": "train", ...}`` record per step and one ``{"type": "eval", ...}`` per
   evaluation. On resume the file is cut back to its length at the checkpoint, so a killed and resumed run
   leaves the same records as an uninterrupted one (timing fields aside).
@@ -55,7 +71,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hrm.config import RunConfig
+from hrm.config import RunConfig, TrainConfig
 from hrm.evaluate import autocast_context, evaluate, load_model_weights
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -270,6 +286,30 @@ def lr_factor(step: int, warmup: int, total: float | None, min_ratio: float) -> 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def lr_horizon(tc: TrainConfig, steps_per_epoch: int) -> int | None:
+    """Steps the cosine spans: ``max_steps`` when set, else ``epochs`` x steps per epoch, else None.
+
+    None means a budget-only run, whose horizon :func:`scheduled_lr_factor` estimates from the time used.
+    """
+    if tc.max_steps is not None:
+        return tc.max_steps
+    return tc.epochs * steps_per_epoch if tc.epochs is not None else None
+
+
+def scheduled_lr_factor(step: int, elapsed: float, tc: TrainConfig, horizon: int | None) -> float:
+    """The learning-rate schedule: the multiplier of every optimizer's base rate for the ``step``-th step.
+
+    ``step`` is 1-based (the step about to be taken), ``elapsed`` the training seconds before it and
+    ``horizon`` what :func:`lr_horizon` gave. With a horizon in steps this is :func:`lr_factor`; without one
+    (budget-only runs) the horizon is the number of steps the budget would hold at the pace so far.
+    """
+    if horizon is not None:
+        return lr_factor(step, tc.lr_warmup_steps, horizon, tc.lr_min_ratio)
+    assert tc.budget_seconds is not None
+    frac_total = step * tc.budget_seconds / max(elapsed, 1e-9) if elapsed > 0 else None
+    return lr_factor(step, tc.lr_warmup_steps, frac_total, tc.lr_min_ratio)
+
+
 @dataclasses.dataclass
 class LossTracker:
     """Smoothed training loss for the divergence test and the summary."""
@@ -472,7 +512,495 @@ def _identity(run: RunConfig, seed: int) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------------------------- run setup
+
+
+@dataclasses.dataclass
+class EvalSplit:
+    """What evaluations score: the test split, or without one the first TRAIN_EVAL_LIMIT training examples."""
+
+    dataset: Any
+    split: str  # "test" or "train", recorded in the eval records and the summary
+    max_examples: int | None = None
+
+
+@dataclasses.dataclass
+class Learner:
+    """What training changes: the HRM, the ACT loss head wrapping it, the optimizers and the EMA weights.
+
+    ``optimizers`` holds (optimizer, base learning rate) pairs from :func:`hrm.optim.build_optimizers`;
+    ``ema`` is an exponential moving average of the weights as a full HRM state dict (evaluations use it
+    in place of the raw weights), or None when ``ema_decay`` is unset.
+    """
+
+    model: nn.Module
+    loss_head: nn.Module
+    optimizers: list[tuple[torch.optim.Optimizer, float]]
+    ema: dict[str, torch.Tensor] | None = None
+
+
+@dataclasses.dataclass
+class TrainSetup:
+    """The fixed parts of a run, built once by :func:`train`: config, device, files, learner, data."""
+
+    run: RunConfig  # with the train() overrides applied and the model shaped to the dataset
+    seed: int
+    device: torch.device
+    out: Path
+    data_root: Path
+    learner: Learner
+    stream: BatchStream
+    evaluation: EvalSplit
+    horizon: int | None  # steps the cosine spans (lr_horizon); None for budget-only runs
+    autocast: contextlib.AbstractContextManager[Any]  # entered around each training forward
+
+    @property
+    def tc(self) -> TrainConfig:
+        return self.run.train
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+
+@dataclasses.dataclass
+class TrainState:
+    """A run's mutable progress, saved in the checkpoint next to weights, optimizers and data position.
+
+    ``elapsed`` counts training seconds only (evaluation and checkpointing excluded), ``eval_seconds`` the
+    time spent evaluating, ``carry`` is the ACT carry (rows still reasoning on their sample), ``last_eval``
+    the latest eval record, and ``stop_reason`` what the stop checks decided (a resumed run starts without
+    one and decides its own).
+    """
+
+    step: int = 0
+    elapsed: float = 0.0
+    eval_seconds: float = 0.0
+    tracker: LossTracker = dataclasses.field(default_factory=LossTracker)
+    carry: Any = None
+    last_eval: dict[str, Any] | None = None
+    stop_reason: str | None = None
+
+
+def resolve_run(
+    run: RunConfig, *, budget_seconds: float | None, max_steps: int | None, seed: int | None
+) -> RunConfig:
+    """A copy of ``run`` with train()'s overrides applied; ValueError when no step/epoch/time bound is set."""
+    run = RunConfig.from_dict(run.to_dict())
+    tc = run.train
+    if budget_seconds is not None:
+        tc.budget_seconds = float(budget_seconds)
+    if max_steps is not None:
+        tc.max_steps = int(max_steps)
+    if seed is not None:
+        tc.seed = int(seed)
+    if tc.max_steps is None and tc.epochs is None and tc.budget_seconds is None:
+        raise ValueError(
+            "train: set at least one of max_steps, epochs or budget_seconds (presets are budget-free)"
+        )
+    return run
+
+
+def load_training_data(
+    run: RunConfig, out: Path, data_dir: Path | str | None, seed: int
+) -> tuple[Path, Any, EvalSplit]:
+    """The dataset root (from :func:`prepare_dataset`), its train split and what evaluations score."""
+    from hrm.data.dataset import PuzzleDataset
+
+    data_root, _ = prepare_dataset(run, out, Path(data_dir) if data_dir is not None else None, seed)
+    train_set = PuzzleDataset(data_root, "train")
+    if (data_root / "test" / "dataset.json").is_file():
+        evaluation = EvalSplit(PuzzleDataset(data_root, "test"), "test", None)
+    else:
+        evaluation = EvalSplit(train_set, "train", TRAIN_EVAL_LIMIT)
+    return data_root, train_set, evaluation
+
+
+def build_learner(run: RunConfig, device: torch.device) -> Learner:
+    """Seed torch and numpy with the run's seed, then build the HRM, its loss head, optimizers and EMA."""
+    from hrm.losses import ACTLossHead
+    from hrm.model import HRM
+    from hrm.optim import build_optimizers
+
+    tc = run.train
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed % (2**32))
+    model = HRM(run.model).to(device)
+    loss_head = ACTLossHead(model).to(device)
+    loss_head.train()
+    optimizers = build_optimizers(loss_head, tc)
+    ema = _ema_init(model) if tc.ema_decay else None
+    return Learner(model=model, loss_head=loss_head, optimizers=optimizers, ema=ema)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` opened for appending: one JSON record per line, flushed after each one."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "a", encoding="utf-8")  # closed by close() or the with block
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.flush()
+
+    def offset(self) -> int:
+        """The file's length so far, stored in checkpoints so that a resume can cut later records off."""
+        self._file.flush()
+        return self._file.tell()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+
+def read_checkpoint(out: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint in ``out`` to resume from, or None (without ``resume``: earlier run files deleted).
+
+    Without ``resume`` the checkpoint, metrics.jsonl and metrics.json of an earlier run are removed.
+    """
+    ckpt_path = out / CHECKPOINT_NAME
+    if resume and ckpt_path.exists():
+        return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if not resume:
+        for stale in (ckpt_path, out / METRICS_JSONL, out / METRICS_JSON):
+            stale.unlink(missing_ok=True)
+    return None
+
+
+def check_same_run(checkpoint: dict[str, Any], run: RunConfig, seed: int, path: Path) -> None:
+    """ValueError unless the checkpoint was written by this run (same task, data, model and seed)."""
+    stored = RunConfig.from_dict(checkpoint["config"])
+    if _identity(stored, int(checkpoint["seed"])) != _identity(run, seed):
+        raise ValueError(
+            f"{path} was written by a different run (task, data, model or seed differ); "
+            "use another out_dir or resume=False"
+        )
+
+
+def to_checkpoint(
+    setup: TrainSetup,
+    state: TrainState,
+    *,
+    jsonl_offset: int,
+    finished: bool,
+    final: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint's contents (the keys the module docstring lists), loadable ``weights_only``."""
+    learner = setup.learner
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": setup.run.to_dict(),
+        "seed": setup.seed,
+        "model": learner.model.state_dict(),
+        "ema": learner.ema,
+        "optimizers": [opt.state_dict() for opt, _ in learner.optimizers],
+        "step": state.step,
+        "elapsed": state.elapsed,
+        "eval_seconds": state.eval_seconds,
+        "rng": _rng_state(),
+        "data_position": setup.stream.state(),
+        "carry": carry_to_state(state.carry) if state.carry is not None else None,
+        "jsonl_offset": jsonl_offset,
+        "tracker": dataclasses.asdict(state.tracker),
+        "last_eval": state.last_eval,
+        "stop_reason": state.stop_reason,
+        "finished": finished,
+        "final_metrics": final,
+    }
+
+
+def save_checkpoint(
+    setup: TrainSetup, state: TrainState, log: MetricsLog, finished: bool, final: dict[str, Any] | None = None
+) -> None:
+    """Write ``checkpoint.pt`` atomically, recording how far ``metrics.jsonl`` had been written."""
+    contents = to_checkpoint(setup, state, jsonl_offset=log.offset(), finished=finished, final=final)
+    atomic_torch_save(contents, setup.checkpoint_path)
+
+
+def from_checkpoint(
+    checkpoint: dict[str, Any], learner: Learner, stream: BatchStream, device: torch.device
+) -> TrainState:
+    """Resume from a checkpoint: weights, optimizers, EMA, data position, RNG restored; returns the state.
+
+    The returned :class:`TrainState` holds step, times, loss tracker, carry and last evaluation, and no
+    stop reason: the resumed run decides its own.
+    """
+    load_model_weights(learner.model, checkpoint["model"])
+    for (opt, _), opt_state in zip(learner.optimizers, checkpoint["optimizers"], strict=True):
+        opt.load_state_dict(opt_state)
+    if learner.ema is not None and checkpoint.get("ema") is not None:
+        learner.ema = {k: v.to(device) for k, v in checkpoint["ema"].items()}
+    state = TrainState(
+        step=int(checkpoint["step"]),
+        elapsed=float(checkpoint["elapsed"]),
+        eval_seconds=float(checkpoint["eval_seconds"]),
+        tracker=LossTracker(**checkpoint["tracker"]),
+    )
+    stream.restore(checkpoint["data_position"])
+    _set_rng_state(checkpoint["rng"])
+    state.carry = carry_from_state(checkpoint["carry"], device) if checkpoint["carry"] is not None else None
+    state.last_eval = checkpoint.get("last_eval")
+    return state
+
+
+def finished_summary(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored summary of a run that ended converged or diverged (not to train further), else None.
+
+    Runs that ended on max_steps, epochs or budget resume instead, so a larger bound extends them.
+    """
+    reason = str(checkpoint.get("stop_reason", ""))
+    if checkpoint.get("finished") and reason.startswith(("converged", "diverged")):
+        return dict(checkpoint["final_metrics"])
+    return None
+
+
+def truncate_metrics(path: Path, offset: int) -> None:
+    """Cut ``metrics.jsonl`` back to its length at the checkpoint: records after it are written again."""
+    if path.exists() and path.stat().st_size > offset:
+        with open(path, "r+b") as fh:
+            fh.truncate(offset)
+
+
+# --------------------------------------------------------------------------------------------- one step
+
+
+@dataclasses.dataclass
+class StepOutcome:
+    """What one optimisation step produced; ``finite`` False: a non-finite loss, nothing was updated."""
+
+    carry: Any  # the ACT carry after this segment
+    loss: float  # the loss head's loss (a sum over the batch) divided by the batch size
+    metrics: dict[str, torch.Tensor]  # the loss head's 0-dim metric sums
+    finite: bool
+
+
+def optimization_step(
+    learner: Learner,
+    carry: Any,
+    batch: dict[str, torch.Tensor],
+    tc: TrainConfig,
+    factor: float,
+    autocast: contextlib.AbstractContextManager[Any],
+) -> StepOutcome:
+    """One optimisation step on one ACT segment of the persistent carry.
+
+    Forward through the loss head (a fresh carry when ``carry`` is None); unless the loss is non-finite:
+    backward of loss / batch size, grad-norm clipping when ``grad_clip_norm`` is set, each optimizer's rate
+    set to its base rate x ``factor`` (from :func:`scheduled_lr_factor`), step, zero_grad, EMA update.
+    """
+    loss_head = learner.loss_head
+    if carry is None:
+        carry = loss_head.initial_carry(batch)
+    with autocast:
+        carry, loss, metrics, _, _ = loss_head(carry, batch)
+    loss_value = float(loss.detach()) / tc.batch_size
+    if not math.isfinite(loss_value):
+        return StepOutcome(carry=carry, loss=loss_value, metrics=metrics, finite=False)
+    (loss / tc.batch_size).backward()
+    if tc.grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(loss_head.parameters(), tc.grad_clip_norm)
+    for opt, base_lr in learner.optimizers:
+        for group in opt.param_groups:
+            group["lr"] = base_lr * factor
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if learner.ema is not None:
+        _ema_update(learner.ema, learner.model, float(tc.ema_decay or 0.0))
+    return StepOutcome(carry=carry, loss=loss_value, metrics=metrics, finite=True)
+
+
+def train_record(setup: TrainSetup, state: TrainState, outcome: StepOutcome, factor: float) -> dict[str, Any]:
+    """The ``{"type": "train", ...}`` record of the step just taken (``state.step``), for metrics.jsonl."""
+    return {
+        "type": "train",
+        "step": state.step,
+        "epoch": setup.stream.epoch,
+        "loss": outcome.loss,
+        "lr": setup.learner.optimizers[-1][1] * factor,
+        **_scalar_metrics(outcome.metrics),
+        "time": state.elapsed,
+    }
+
+
+# ------------------------------------------------------------------------------------ evaluation and stops
+
+
+def eval_due(tc: TrainConfig, step: int) -> bool:
+    """Whether to evaluate after the ``step``-th step: every ``eval_interval_steps`` steps, when set."""
+    return bool(tc.eval_interval_steps and step % tc.eval_interval_steps == 0)
+
+
+def evaluate_in_training(setup: TrainSetup, state: TrainState, log: MetricsLog) -> dict[str, Any]:
+    """Evaluate during training: score the model (EMA weights when kept), log and return the eval record.
+
+    The ``{"type": "eval", ...}`` record is written to metrics.jsonl and stored as ``state.last_eval``; the
+    time taken adds to ``state.eval_seconds``, not to the training time.
+    """
+    ev = setup.evaluation
+    model = setup.learner.model
+    t0 = time.perf_counter()
+    with _swapped_weights(model, setup.learner.ema):
+        result = evaluate(
+            model, ev.dataset, setup.tc.eval_batch_size, setup.device, max_examples=ev.max_examples
+        )
+    state.eval_seconds += time.perf_counter() - t0
+    record = {
+        "type": "eval",
+        "step": state.step,
+        "split": ev.split,
+        **result,
+        "time": time.perf_counter() - t0,
+    }
+    log.write(record)
+    state.last_eval = record
+    return record
+
+
+def stop_before_step(tc: TrainConfig, state: TrainState, interrupted: bool) -> str | None:
+    """The stop reason checked before each step: ``max_steps``, ``budget`` or ``interrupted``, else None.
+
+    ``budget`` counts training seconds only; ``interrupted`` is a signal or the step callback asking to
+    stop. The ``epochs`` stop comes from the data stream running out (in :func:`run_steps`).
+    """
+    if tc.max_steps is not None and state.step >= tc.max_steps:
+        return "max_steps"
+    if tc.budget_seconds is not None and state.elapsed >= tc.budget_seconds:
+        return "budget"
+    if interrupted:
+        return "interrupted"
+    return None
+
+
+def non_finite_stop(loss: float, step: int) -> str:
+    """The stop reason when the loss of the step after ``step`` was NaN or infinite."""
+    return f"diverged: non-finite loss ({loss}) at step {step + 1}"
+
+
+def stop_after_step(tc: TrainConfig, state: TrainState) -> str | None:
+    """The stop reason checked after each step, before any evaluation: divergence of the smoothed loss."""
+    return state.tracker.diverged(tc.divergence_factor)
+
+
+def convergence_stop(tc: TrainConfig, eval_record: dict[str, Any]) -> str | None:
+    """The stop reason after an evaluation: held-out exact accuracy reached ``convergence_exact_accuracy``."""
+    target = tc.convergence_exact_accuracy
+    if target is not None and eval_record["exact_accuracy"] >= target:
+        return f"converged: exact accuracy {eval_record['exact_accuracy']:.4f} >= {target}"
+    return None
+
+
 # --------------------------------------------------------------------------------------------- train
+
+
+def run_steps(
+    setup: TrainSetup,
+    state: TrainState,
+    log: MetricsLog,
+    display: ProgressDisplay,
+    stop_flag: threading.Event,
+    on_step: StepCallback | None,
+) -> None:
+    """The training loop: steps until a stop check sets ``state.stop_reason``, with periodic checkpoints.
+
+    Per step: stop checks, next batch, :func:`scheduled_lr_factor`, :func:`optimization_step`, the train
+    record, the callback, divergence, evaluation when due (and convergence), a checkpoint every
+    ``checkpoint_interval_seconds``. Each step's time (batch, step, bookkeeping) adds to ``state.elapsed``.
+    """
+    tc = setup.tc
+    last_save = time.monotonic()
+    while True:
+        reason = stop_before_step(tc, state, stop_flag.is_set())
+        if reason is not None:
+            state.stop_reason = reason
+            break
+        t0 = time.perf_counter()
+        np_batch = setup.stream.next(tc.epochs)
+        if np_batch is None:
+            state.stop_reason = "epochs"
+            break
+        batch = to_device(np_batch, setup.device)
+        factor = scheduled_lr_factor(state.step + 1, state.elapsed, tc, setup.horizon)
+        outcome = optimization_step(setup.learner, state.carry, batch, tc, factor, setup.autocast)
+        state.carry = outcome.carry
+        if not outcome.finite:
+            state.elapsed += time.perf_counter() - t0
+            state.stop_reason = non_finite_stop(outcome.loss, state.step)
+            break
+        state.step += 1
+        state.tracker.update(outcome.loss, state.step, tc.lr_warmup_steps)
+        state.elapsed += time.perf_counter() - t0
+
+        record = train_record(setup, state, outcome, factor)
+        log.write(record)
+        last = state.last_eval
+        display.update(
+            state.step,
+            state.elapsed,
+            f"loss {state.tracker.ema:.3f}" + (f" exact {last['exact_accuracy']:.3f}" if last else ""),
+        )
+        if on_step is not None and on_step(record):
+            stop_flag.set()
+
+        reason = stop_after_step(tc, state)
+        if reason is None and eval_due(tc, state.step):
+            reason = convergence_stop(tc, evaluate_in_training(setup, state, log))
+        if reason is not None:
+            state.stop_reason = reason
+            break
+        if time.monotonic() - last_save >= tc.checkpoint_interval_seconds:
+            save_checkpoint(setup, state, log, finished=False)
+            last_save = time.monotonic()
+
+
+def interrupted_summary(setup: TrainSetup, state: TrainState) -> dict[str, Any]:
+    """What train() returns for an interrupted run (no metrics.json is written: the run is to be resumed)."""
+    return {
+        "stop_reason": "interrupted",
+        "steps": state.step,
+        "seconds": state.elapsed,
+        "seed": setup.seed,
+        "task": setup.run.task,
+    }
+
+
+def final_summary(setup: TrainSetup, state: TrainState) -> dict[str, Any]:
+    """The summary of a finished run (the keys :func:`train` lists), as plain JSON values."""
+    ev = state.last_eval or {}
+    final: dict[str, Any] = {
+        "exact_accuracy": ev.get("exact_accuracy"),
+        "token_accuracy": ev.get("token_accuracy"),
+        "mean_act_steps": ev.get("mean_act_steps"),
+        "q_halt_accuracy": ev.get("q_halt_accuracy"),
+        "eval_count": ev.get("count"),
+        "eval_split": ev.get("split"),
+        "steps": state.step,
+        "epochs": setup.stream.epoch,
+        "seconds": state.elapsed,
+        "eval_seconds": state.eval_seconds,
+        "steps_per_second": state.step / state.elapsed if state.elapsed > 0 else 0.0,
+        "stop_reason": state.stop_reason,
+        "seed": setup.seed,
+        "task": setup.run.task,
+        "config": setup.run.to_dict(),
+        "num_parameters": count_parameters(setup.learner.model),
+        "train_loss": state.tracker.ema,
+        "device": str(setup.device),
+        "dataset": str(setup.data_root),
+    }
+    return json.loads(json.dumps(final, default=list))
+
+
+def write_summary(out: Path, final: dict[str, Any]) -> None:
+    """Write the final summary to ``metrics.json`` atomically."""
+    atomic_write_text(out / METRICS_JSON, json.dumps(final, indent=2, sort_keys=True) + "\n")
 
 
 def train(
@@ -502,276 +1030,62 @@ def train(
     steps, epochs, seconds (training only), eval_seconds, steps_per_second, stop_reason, seed, task, config,
     num_parameters, train_loss (smoothed), device, dataset.
     """
-    from hrm.data.dataset import PuzzleDataset
-    from hrm.losses import ACTLossHead
-    from hrm.model import HRM
-    from hrm.optim import build_optimizers
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = RunConfig.from_dict(run.to_dict())
+    run = resolve_run(run, budget_seconds=budget_seconds, max_steps=max_steps, seed=seed)
     tc = run.train
-    if budget_seconds is not None:
-        tc.budget_seconds = float(budget_seconds)
-    if max_steps is not None:
-        tc.max_steps = int(max_steps)
-    if seed is not None:
-        tc.seed = int(seed)
-    seed = tc.seed
-    if tc.max_steps is None and tc.epochs is None and tc.budget_seconds is None:
-        raise ValueError(
-            "train: set at least one of max_steps, epochs or budget_seconds (presets are budget-free)"
-        )
     dev = torch.device(device) if device is not None else default_device()
 
     previous_threads = torch.get_num_threads()
     if tc.num_threads:
         torch.set_num_threads(int(tc.num_threads))
-
-    ckpt_path = out / CHECKPOINT_NAME
-    jsonl_path = out / METRICS_JSONL
     try:
-        checkpoint: dict[str, Any] | None = None
-        if resume and ckpt_path.exists():
-            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        elif not resume:
-            for stale in (ckpt_path, jsonl_path, out / METRICS_JSON):
-                stale.unlink(missing_ok=True)
-
-        data_root, _ = prepare_dataset(run, out, Path(data_dir) if data_dir is not None else None, seed)
-        train_set = PuzzleDataset(data_root, "train")
-        has_test = (data_root / "test" / "dataset.json").is_file()
-        eval_set = PuzzleDataset(data_root, "test") if has_test else train_set
-        eval_limit = None if has_test else TRAIN_EVAL_LIMIT
+        checkpoint = read_checkpoint(out, resume)
+        data_root, train_set, evaluation = load_training_data(run, out, data_dir, tc.seed)
         run = with_dataset_shape(run, train_set.meta)
-
+        tc = run.train
         if checkpoint is not None:
-            stored = RunConfig.from_dict(checkpoint["config"])
-            if _identity(stored, int(checkpoint["seed"])) != _identity(run, seed):
-                raise ValueError(
-                    f"{ckpt_path} was written by a different run (task, data, model or seed differ); "
-                    "use another out_dir or resume=False"
-                )
-
-        torch.manual_seed(seed)
-        np.random.seed(seed % (2**32))
-        model = HRM(run.model).to(dev)
-        loss_head = ACTLossHead(model).to(dev)
-        loss_head.train()
-        optimizers = build_optimizers(loss_head, tc)
-        stream = BatchStream(train_set, tc.batch_size, tc.augment, seed)
-        steps_per_epoch = stream.steps_per_epoch()
-        horizon: int | None = (
-            tc.max_steps
-            if tc.max_steps is not None
-            else (tc.epochs * steps_per_epoch if tc.epochs is not None else None)
+            check_same_run(checkpoint, run, tc.seed, out / CHECKPOINT_NAME)
+        learner = build_learner(run, dev)
+        stream = BatchStream(train_set, tc.batch_size, tc.augment, tc.seed)
+        setup = TrainSetup(
+            run=run,
+            seed=tc.seed,
+            device=dev,
+            out=out,
+            data_root=data_root,
+            learner=learner,
+            stream=stream,
+            evaluation=evaluation,
+            horizon=lr_horizon(tc, stream.steps_per_epoch()),
+            autocast=autocast_context(dev, run.model.forward_dtype),
         )
-        ema: dict[str, torch.Tensor] | None = _ema_init(model) if tc.ema_decay else None
-        tracker = LossTracker()
-        step = 0
-        elapsed = 0.0
-        eval_seconds = 0.0
-        carry: Any = None
-        last_eval: dict[str, Any] | None = None
-        stop_reason: str | None = None
-
+        state = TrainState()
         if checkpoint is not None:
-            load_model_weights(model, checkpoint["model"])
-            for (opt, _), opt_state in zip(optimizers, checkpoint["optimizers"], strict=True):
-                opt.load_state_dict(opt_state)
-            if ema is not None and checkpoint.get("ema") is not None:
-                ema = {k: v.to(dev) for k, v in checkpoint["ema"].items()}
-            step = int(checkpoint["step"])
-            elapsed = float(checkpoint["elapsed"])
-            eval_seconds = float(checkpoint["eval_seconds"])
-            tracker = LossTracker(**checkpoint["tracker"])
-            stream.restore(checkpoint["data_position"])
-            _set_rng_state(checkpoint["rng"])
-            carry = carry_from_state(checkpoint["carry"], dev) if checkpoint["carry"] is not None else None
-            last_eval = checkpoint.get("last_eval")
-            if checkpoint.get("finished") and str(checkpoint.get("stop_reason", "")).startswith(
-                ("converged", "diverged")
-            ):
-                final = dict(checkpoint["final_metrics"])
-                atomic_write_text(out / METRICS_JSON, json.dumps(final, indent=2, sort_keys=True) + "\n")
-                return final
-            offset = int(checkpoint["jsonl_offset"])
-            if jsonl_path.exists() and jsonl_path.stat().st_size > offset:
-                with open(jsonl_path, "r+b") as fh:
-                    fh.truncate(offset)
-        with open(jsonl_path, "a", encoding="utf-8") as jsonl:
+            state = from_checkpoint(checkpoint, learner, stream, dev)
+            done = finished_summary(checkpoint)
+            if done is not None:
+                write_summary(out, done)
+                return done
+            truncate_metrics(out / METRICS_JSONL, int(checkpoint["jsonl_offset"]))
 
-            def write_record(record: dict[str, Any]) -> None:
-                jsonl.write(json.dumps(record, sort_keys=True) + "\n")
-                jsonl.flush()
-
-            def run_eval() -> dict[str, Any]:
-                nonlocal eval_seconds
-                t0 = time.perf_counter()
-                with _swapped_weights(model, ema):
-                    result = evaluate(model, eval_set, tc.eval_batch_size, dev, max_examples=eval_limit)
-                eval_seconds += time.perf_counter() - t0
-                record = {
-                    "type": "eval",
-                    "step": step,
-                    "split": "test" if has_test else "train",
-                    **result,
-                    "time": time.perf_counter() - t0,
-                }
-                write_record(record)
-                return record
-
-            def save_checkpoint(finished: bool, final: dict[str, Any] | None = None) -> None:
-                jsonl.flush()
-                state = {
-                    "format": CHECKPOINT_FORMAT,
-                    "config": run.to_dict(),
-                    "seed": seed,
-                    "model": model.state_dict(),
-                    "ema": ema,
-                    "optimizers": [opt.state_dict() for opt, _ in optimizers],
-                    "step": step,
-                    "elapsed": elapsed,
-                    "eval_seconds": eval_seconds,
-                    "rng": _rng_state(),
-                    "data_position": stream.state(),
-                    "carry": carry_to_state(carry) if carry is not None else None,
-                    "jsonl_offset": jsonl.tell(),
-                    "tracker": dataclasses.asdict(tracker),
-                    "last_eval": last_eval,
-                    "stop_reason": stop_reason,
-                    "finished": finished,
-                    "final_metrics": final,
-                }
-                atomic_torch_save(state, ckpt_path)
-
-            display = ProgressDisplay(progress, horizon, tc.budget_seconds, run.task)
+        with MetricsLog(out / METRICS_JSONL) as log:
+            display = ProgressDisplay(progress, setup.horizon, tc.budget_seconds, run.task)
             stop_flag = threading.Event()
-            last_save = time.monotonic()
-            autocast = autocast_context(dev, run.model.forward_dtype)
             try:
                 with _stop_signals(stop_flag):
-                    while True:
-                        if tc.max_steps is not None and step >= tc.max_steps:
-                            stop_reason = "max_steps"
-                            break
-                        if tc.budget_seconds is not None and elapsed >= tc.budget_seconds:
-                            stop_reason = "budget"
-                            break
-                        if stop_flag.is_set():
-                            stop_reason = "interrupted"
-                            break
-                        t0 = time.perf_counter()
-                        np_batch = stream.next(tc.epochs)
-                        if np_batch is None:
-                            stop_reason = "epochs"
-                            break
-                        batch = to_device(np_batch, dev)
-                        if carry is None:
-                            carry = loss_head.initial_carry(batch)
-                        with autocast:
-                            carry, loss, metrics, _, _ = loss_head(carry, batch)
-                        loss_value = float(loss.detach()) / tc.batch_size
-                        if not math.isfinite(loss_value):
-                            elapsed += time.perf_counter() - t0
-                            stop_reason = f"diverged: non-finite loss ({loss_value}) at step {step + 1}"
-                            break
-                        (loss / tc.batch_size).backward()
-                        if tc.grad_clip_norm is not None:
-                            torch.nn.utils.clip_grad_norm_(loss_head.parameters(), tc.grad_clip_norm)
-                        if horizon is not None:
-                            factor = lr_factor(step + 1, tc.lr_warmup_steps, horizon, tc.lr_min_ratio)
-                        else:
-                            assert tc.budget_seconds is not None
-                            frac_total = (
-                                (step + 1) * tc.budget_seconds / max(elapsed, 1e-9) if elapsed > 0 else None
-                            )
-                            factor = lr_factor(step + 1, tc.lr_warmup_steps, frac_total, tc.lr_min_ratio)
-                        for opt, base_lr in optimizers:
-                            for group in opt.param_groups:
-                                group["lr"] = base_lr * factor
-                            opt.step()
-                            opt.zero_grad(set_to_none=True)
-                        if ema is not None:
-                            _ema_update(ema, model, float(tc.ema_decay or 0.0))
-                        step += 1
-                        tracker.update(loss_value, step, tc.lr_warmup_steps)
-                        elapsed += time.perf_counter() - t0
-
-                        record: dict[str, Any] = {
-                            "type": "train",
-                            "step": step,
-                            "epoch": stream.epoch,
-                            "loss": loss_value,
-                            "lr": optimizers[-1][1] * factor,
-                            **_scalar_metrics(metrics),
-                            "time": elapsed,
-                        }
-                        write_record(record)
-                        display.update(
-                            step,
-                            elapsed,
-                            f"loss {tracker.ema:.3f}"
-                            + (f" exact {last_eval['exact_accuracy']:.3f}" if last_eval else ""),
-                        )
-                        if on_step is not None and on_step(record):
-                            stop_flag.set()
-
-                        reason = tracker.diverged(tc.divergence_factor)
-                        if reason is not None:
-                            stop_reason = reason
-                            break
-                        if tc.eval_interval_steps and step % tc.eval_interval_steps == 0:
-                            last_eval = run_eval()
-                            target = tc.convergence_exact_accuracy
-                            if target is not None and last_eval["exact_accuracy"] >= target:
-                                stop_reason = (
-                                    f"converged: exact accuracy {last_eval['exact_accuracy']:.4f} >= {target}"
-                                )
-                                break
-                        if time.monotonic() - last_save >= tc.checkpoint_interval_seconds:
-                            save_checkpoint(finished=False)
-                            last_save = time.monotonic()
+                    run_steps(setup, state, log, display, stop_flag, on_step)
             finally:
                 display.close()
 
-            if stop_reason == "interrupted":
-                save_checkpoint(finished=False)
-                return {
-                    "stop_reason": "interrupted",
-                    "steps": step,
-                    "seconds": elapsed,
-                    "seed": seed,
-                    "task": run.task,
-                }
-
-            if evaluate_at_end and (last_eval is None or last_eval["step"] != step):
-                last_eval = run_eval()
-            ev = last_eval or {}
-            final: dict[str, Any] = {
-                "exact_accuracy": ev.get("exact_accuracy"),
-                "token_accuracy": ev.get("token_accuracy"),
-                "mean_act_steps": ev.get("mean_act_steps"),
-                "q_halt_accuracy": ev.get("q_halt_accuracy"),
-                "eval_count": ev.get("count"),
-                "eval_split": ev.get("split"),
-                "steps": step,
-                "epochs": stream.epoch,
-                "seconds": elapsed,
-                "eval_seconds": eval_seconds,
-                "steps_per_second": step / elapsed if elapsed > 0 else 0.0,
-                "stop_reason": stop_reason,
-                "seed": seed,
-                "task": run.task,
-                "config": run.to_dict(),
-                "num_parameters": count_parameters(model),
-                "train_loss": tracker.ema,
-                "device": str(dev),
-                "dataset": str(data_root),
-            }
-            final = json.loads(json.dumps(final, default=list))
-            save_checkpoint(finished=True, final=final)
-            atomic_write_text(out / METRICS_JSON, json.dumps(final, indent=2, sort_keys=True) + "\n")
+            if state.stop_reason == "interrupted":
+                save_checkpoint(setup, state, log, finished=False)
+                return interrupted_summary(setup, state)
+            if evaluate_at_end and (state.last_eval is None or state.last_eval["step"] != state.step):
+                evaluate_in_training(setup, state, log)
+            final = final_summary(setup, state)
+            save_checkpoint(setup, state, log, finished=True, final=final)
+            write_summary(out, final)
             return final
     finally:
         torch.set_num_threads(previous_threads)

@@ -10,7 +10,19 @@ import pytest
 import torch
 
 from hrm.config import ModelConfig, RunConfig, TrainConfig
-from hrm.train import LossTracker, lr_factor, prepare_dataset, train
+from hrm.train import (
+    LossTracker,
+    TrainState,
+    convergence_stop,
+    lr_factor,
+    lr_horizon,
+    non_finite_stop,
+    prepare_dataset,
+    scheduled_lr_factor,
+    stop_after_step,
+    stop_before_step,
+    train,
+)
 
 TIMING_KEYS = {"seconds", "eval_seconds", "steps_per_second", "time"}
 
@@ -65,6 +77,31 @@ def test_lr_schedule() -> None:
     assert lr_factor(50, 4, 100, 1.0) == 1.0
 
 
+def test_schedule_horizon_and_budget_estimate() -> None:
+    tc = TrainConfig(lr_warmup_steps=4, lr_min_ratio=0.1, max_steps=100, epochs=3)
+    assert lr_horizon(tc, steps_per_epoch=10) == 100
+    tc.max_steps = None
+    assert lr_horizon(tc, steps_per_epoch=10) == 30
+    tc.epochs, tc.budget_seconds = None, 10.0
+    assert lr_horizon(tc, steps_per_epoch=10) is None
+    assert scheduled_lr_factor(52, 0.0, tc, 100) == pytest.approx(0.55)
+    # Budget-only: 26 steps in 5 s of a 10 s budget put the horizon at 52 steps, half way at step 28.
+    assert scheduled_lr_factor(26, 5.0, tc, None) == pytest.approx(lr_factor(26, 4, 52.0, 0.1))
+    assert scheduled_lr_factor(26, 0.0, tc, None) == 1.0  # no time measured yet: constant after warmup
+
+
+def test_stop_checks_in_order() -> None:
+    tc = TrainConfig(max_steps=5, budget_seconds=2.0, convergence_exact_accuracy=0.9)
+    assert stop_before_step(tc, TrainState(step=4, elapsed=1.0), interrupted=False) is None
+    assert stop_before_step(tc, TrainState(step=5, elapsed=3.0), interrupted=True) == "max_steps"
+    assert stop_before_step(tc, TrainState(step=4, elapsed=3.0), interrupted=True) == "budget"
+    assert stop_before_step(tc, TrainState(step=4, elapsed=1.0), interrupted=True) == "interrupted"
+    assert stop_after_step(tc, TrainState()) is None
+    assert convergence_stop(tc, {"exact_accuracy": 0.5}) is None
+    assert convergence_stop(tc, {"exact_accuracy": 0.95}) == "converged: exact accuracy 0.9500 >= 0.9"
+    assert non_finite_stop(float("nan"), 0) == "diverged: non-finite loss (nan) at step 1"
+
+
 def test_loss_tracker_flags_a_blow_up_but_not_noise_near_zero() -> None:
     tracker = LossTracker()
     for step, loss in enumerate([2.0] * 10 + [0.05] * 200, start=1):
@@ -110,6 +147,11 @@ def test_max_steps_writes_metrics_and_a_loadable_checkpoint(tmp_path: Path, data
     # The checkpoint loads without pickle and reproduces the final evaluation.
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 7 and state["finished"] is True
+    assert set(state) == {
+        "format", "config", "seed", "model", "ema", "optimizers", "step", "elapsed", "eval_seconds", "rng",
+        "data_position", "carry", "jsonl_offset", "tracker", "last_eval", "stop_reason", "finished",
+        "final_metrics",
+    }  # fmt: skip
     run, model = load_checkpoint(out / "checkpoint.pt")
     test_set = PuzzleDataset(Path(on_disk["dataset"]), "test")
     again = evaluate(model, test_set, batch_size=64, device="cpu")
