@@ -36,9 +36,12 @@ from evolver.record import (
     RunNotFound,
     fetch_runs,
     list_runs,
+    open_run,
     repo_toplevel,
 )
 from evolver.store import ProposalStore
+from evolver.verdicts import MERGED
+from evolver.verdicts import style as verdict_style
 
 Handler = Callable[[argparse.Namespace], int]
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
@@ -61,14 +64,7 @@ def _add_record_options(parser: argparse.ArgumentParser) -> None:
 
 def _open_existing_run(args: argparse.Namespace) -> EvolutionRecord:
     """The record of ``--run-id`` or of the latest run; raises RunNotFound when there is none."""
-    root = repo_toplevel(args.repo)
-    run_id = args.run_id
-    if run_id is None:
-        runs = list_runs(root)
-        if not runs:
-            raise RunNotFound(f"no evolution runs in {root} (no evolve/<run-id>/best branch)")
-        run_id = runs[-1]
-    return EvolutionRecord(root, run_id, create=False)
+    return open_run(args.repo, args.run_id)
 
 
 # ================================================================================================= apply
@@ -158,19 +154,22 @@ def add_proposals_command(subparsers: argparse._SubParsersAction[argparse.Argume
 
 
 def refused_replies(rec: EvolutionRecord) -> list[dict[str, Any]]:
-    """LLM replies of the run that never became a valid proposal, from the run's state directory
-    (`failed_proposals.jsonl`: every attempt's raw text and the reasons it was refused); empty on a clone."""
+    """LLM replies of the run that never became a valid proposal (every attempt's raw text and the reasons it
+    was refused): from the record branch, plus any only in the run's state directory (`failed_proposals.jsonl`,
+    written first, kept by runs made before the record branch held them)."""
     from evolver.settings import load_settings
 
+    rows = ProposalStore(rec).refused_replies()
+    seen = {str(r.get("id")) for r in rows}
     path = load_settings(rec.root).state_path(rec.root) / "runs" / rec.run_id / "failed_proposals.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and str(entry.get("id")) not in seen:
+                rows.append(entry)
     return rows
 
 
@@ -245,9 +244,9 @@ def _number(value: Any) -> float | None:
 
 def collect_history(rec: EvolutionRecord) -> list[HistoryRow]:
     """Every candidate of the run, from git alone: candidate branches (trailers, notes, merged or not) and the
-    stored proposal files on the run branch (for candidates whose branch was pruned).
+    stored proposal files on the record branch (for candidates whose branch was pruned).
 
-    Verdict: the note's ``verdict``; else ``result.json``'s; else ``accepted`` when merged, ``pending`` when
+    Verdict: the note's ``verdict``; else ``result.json``'s; else ``merged`` when merged, ``pending`` when
     committed, ``no-commit`` for an empty branch and ``pruned`` for a stored proposal without a branch.
     Score and delta come from the ``score`` and ``delta`` keys of the note's (or result's) ``scores``.
     """
@@ -261,7 +260,7 @@ def collect_history(rec: EvolutionRecord) -> list[HistoryRow]:
         note = info.note or {}
         verdict = note.get("verdict") or result.get("verdict")
         if not verdict:
-            verdict = "accepted" if info.merged else "pending" if info.committed else "no-commit"
+            verdict = MERGED if info.merged else "pending" if info.committed else "no-commit"
         scores = note.get("scores") or result.get("scores") or {}
         cites = ", ".join(info.trailers.get("Citations", []))
         rows.append(HistoryRow(info.proposal_id, labels.get(info.parent, info.parent[:10]), str(verdict),
@@ -280,6 +279,59 @@ def collect_history(rec: EvolutionRecord) -> list[HistoryRow]:
         rows.append(HistoryRow(str(entry.get("id") or f"cycle-{entry.get('cycle')}"), "-", "invalid", None, None,
                                "", None))
     return rows
+
+
+# ================================================================================================= prune
+def add_prune_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "prune", help="remove runs' worktrees, and optionally rejected branches and runs that never got going",
+        description="Worktrees are always safe to remove (everything is on branches; commands recreate what they "
+                    "need). --delete-rejected also deletes branches of candidates that were not merged (their "
+                    "proposal, diff and result stay on the record branch, so history still lists them). "
+                    "--failed-runs deletes whole runs that have no candidate and no merge (a run that failed at "
+                    "its baseline), with their state directory.")
+    parser.add_argument("--repo", default=".", help="the repository that holds the runs (default: .)")
+    parser.add_argument("--run-id", default=None, help="only this run (default: every run)")
+    parser.add_argument("--delete-rejected", action="store_true", help="also delete unmerged candidate branches")
+    parser.add_argument("--failed-runs", action="store_true",
+                        help="also delete runs with no candidate and no merge, branches and state directory")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    parser.set_defaults(handler=cmd_prune)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    import shutil
+
+    from evolver.settings import load_settings
+
+    root = repo_toplevel(args.repo)
+    runs = [args.run_id] if args.run_id else list_runs(root)
+    if args.run_id and args.run_id not in list_runs(root):
+        raise RunNotFound(f"no run {args.run_id!r} in {root}")
+    state = load_settings(root).state_path(root) / "runs"
+    out = _out()
+    for run_id in runs:
+        with EvolutionRecord(root, run_id, create=False) as rec:
+            empty = not rec.candidate_ids() and not rec.has_merges() and not ProposalStore(rec).ids()
+            if args.failed_runs and empty:
+                if args.dry_run:
+                    out.print(f"{run_id}: would delete the run (no candidate, no merge)")
+                    continue
+                deleted = rec.delete_run()
+                if (state / run_id).is_dir():
+                    shutil.rmtree(state / run_id)
+                out.print(f"{run_id}: deleted the run ({', '.join(deleted)}) and its state directory")
+                continue
+            if args.dry_run:
+                unmerged = [pid for pid in rec.candidate_ids() if not rec.candidate_info(pid).merged]
+                out.print(f"{run_id}: would remove its worktrees"
+                          + (f" and {len(unmerged)} unmerged branch(es)" if args.delete_rejected else ""))
+                continue
+            deleted = rec.prune(delete_rejected=args.delete_rejected)
+            rec.remove_run_worktree()
+            out.print(f"{run_id}: worktrees removed" + (f"; deleted {len(deleted)} unmerged branch(es)"
+                                                        if args.delete_rejected else ""))
+    return 0
 
 
 def add_history_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -306,8 +358,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     for col in ("id", "parent", "verdict", "score", "delta", "citations"):
         table.add_column(col, justify="right" if col in ("score", "delta") else "left")
     for row in rows:
-        style = {"accepted": "green", "merged": "green", "pending": "yellow",
-                 "pending-review": "yellow"}.get(row.verdict, "red")
+        style = verdict_style(row.verdict)
         table.add_row(row.proposal_id, row.parent, f"[{style}]{row.verdict}[/{style}]",
                       "-" if row.score is None else f"{row.score:.4f}",
                       "-" if row.delta is None else f"{row.delta:+.4f}", row.citations or "-")
@@ -323,6 +374,7 @@ SUBCOMMANDS: list[Registrar] = [
     add_apply_command,
     add_proposals_command,
     add_history_command,
+    add_prune_command,
     add_review_command,
     add_report_command,
     add_sandbox_command,

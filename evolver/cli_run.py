@@ -130,11 +130,15 @@ def add_review_command(subparsers: Any) -> None:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    from evolver.cli import _open_existing_run
+    from evolver.record import open_run
     from evolver.review import review
 
-    with _open_existing_run(args) as record:
-        review(record, Console(), approve=args.approve, reject=args.reject)
+    with open_run(args.repo, args.run_id) as record:
+        try:
+            review(record, Console(), approve=args.approve, reject=args.reject)
+        except ValueError as exc:  # a candidate that is not waiting for review
+            Console(stderr=True).print(f"error: {exc}")
+            return 1
     return 0
 
 
@@ -148,16 +152,16 @@ def add_report_command(subparsers: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from evolver.cli import _open_existing_run
+    from evolver.record import open_run
     from evolver.report import write_report
     from evolver.store import ProposalStore
 
-    with _open_existing_run(args) as record:
+    with open_run(args.repo, args.run_id) as record:
         store = ProposalStore(record)
         results = [r for r in (store.result(pid) for pid in store.ids()) if r]
         baseline = next((r.get("baseline") for r in results if r.get("baseline")), None)
         out = args.out or (record.root / ".hrm-evolve" / "reports" / record.run_id)
-        paths = write_report(results, out, baseline)
+        paths = write_report(results, out, baseline, record=record)
     console = Console()
     for name, path in paths.items():
         console.print(f"{name}: {path}")

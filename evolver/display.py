@@ -19,16 +19,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-VERDICT_STYLE = {
-    "merged": "bold green",
-    "approved": "green",
-    "pending-review": "yellow",
-    "rejected": "red",
-    "inconclusive": "yellow",
-    "failed": "red",
-    "invalid": "magenta",
-    "running": "cyan",
-}
+from evolver.verdicts import STYLE
+from evolver.verdicts import style as verdict_style
+
+VERDICT_STYLE = STYLE
 LIVE_REASON_CHARS = 240  # the live table shows this much of a reason; the full text is printed above it
 PLAIN_PROGRESS_EVERY_S = 15.0
 COMPACT_BELOW = 90  # console columns under which the table drops cycle, stage and delta  # without a live view, a streaming reply is reported this often
@@ -148,7 +142,7 @@ class LoopDisplay:
     @staticmethod
     def _row_line(row: dict[str, Any]) -> Text:
         """verdict, id, score, delta and the whole reason; rich wraps it at the console width."""
-        style = VERDICT_STYLE.get(str(row.get("verdict")), "white")
+        style = verdict_style(str(row.get("verdict")))
         score = row.get("score")
         delta = row.get("delta")
         text = Text(str(row.get("verdict")), style=style)
@@ -178,7 +172,7 @@ class LoopDisplay:
             else:
                 table.add_column(col, no_wrap=True)
         for r in self.rows:
-            style = VERDICT_STYLE.get(str(r.get("verdict")), "white")
+            style = verdict_style(str(r.get("verdict")))
             reason = str(r.get("reason", "") or "")
             if reason_chars is not None and len(reason) > reason_chars:
                 reason = reason[:reason_chars] + "… (full text above)"

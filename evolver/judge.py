@@ -31,6 +31,7 @@ from evolver.promotion import (
     fresh_seeds,
     throughput_drift,
 )
+from evolver.verdicts import PASSED
 
 THROUGHPUT_TOLERANCE = 0.25
 MAX_VOID_PAIRS = 3
@@ -73,7 +74,7 @@ class SeedPair:
 
 @dataclass
 class Judgement:
-    verdict: str  # "merge" | "rejected" | "inconclusive" | "failed" | "void"
+    verdict: str  # PASSED | "rejected" | "inconclusive" | "failed" | "void"
     reason: str
     pairs: list[SeedPair]
     selection: Decision | None = None
@@ -226,7 +227,7 @@ class CandidateJudge:
             gains.append(pair.gain)
         confirmation = decide_confirmation(gains, self.confirmation_rule, alpha=level)
         self.control.record(confirmation.passed)
-        verdict = "merge" if confirmation.passed else "rejected"
+        verdict = PASSED if confirmation.passed else "rejected"
         return Judgement(verdict, confirmation.reason, pairs, decision, confirmation, rule=rule_text,
                          confirmation_level=level)
 

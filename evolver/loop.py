@@ -31,6 +31,7 @@ from evolver.display import LoopDisplay
 from evolver.harness_copy import harness_digest, pristine_harness
 from evolver.judge import CandidateJudge, Judgement, SeedPair, SideRun
 from evolver.literature import literature_context
+from evolver.merge_message import merge_message, merge_trailers
 from evolver.patch import EditError, apply_edits
 from evolver.paths import PROTECTED_PATHS, PathPolicy, PathRejected
 from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
@@ -42,6 +43,7 @@ from evolver.repo_summary import build_repo_summary
 from evolver.resources import check_resources
 from evolver.settings import Settings
 from evolver.store import ProposalStore
+from evolver.verdicts import PASSED
 from proposals.schema import Proposal, proposal_json_schema
 from puzzles.splits import ensure_run_data
 from puzzles.tasks import get_task
@@ -366,16 +368,18 @@ class EvolutionLoop:
                                                   ("lower_bound", "lower_bound")) if comp.get(src) is not None}
             trailers = {"rule": judgement.rule, "reason": judgement.reason,
                         "seeds": comp["seeds"], "confirmation-seeds": comp["confirmation_seeds"]}
-            if judgement.verdict == "merge" and s.auto_apply:
+            if judgement.verdict == PASSED and s.auto_apply:
                 try:
-                    merge = self.record.merge_candidate(cand, scores, metrics=trailers)
+                    merge = self.record.merge_candidate(cand, scores, metrics=trailers,
+                                                        message=merge_message(proposal, comp, judgement, s.metric),
+                                                        trailers=merge_trailers(proposal, comp, s.metric))
                 except MergeConflict as exc:
                     self.record.record_result(cand, "rejected", scores, reason=str(exc))
                     return self._finish(result, "rejected", None, str(exc), timings, comp)
                 result["merge_commit"] = merge
                 self._adopt(cand, [])
                 return self._finish(result, "merged", None, judgement.reason, timings, comp)
-            if judgement.verdict == "merge":
+            if judgement.verdict == PASSED:
                 self.record.record_result(cand, "pending-review", scores, reason=judgement.reason)
                 return self._finish(result, "pending-review", None,
                                     judgement.reason + "; run `python evolve.py review` to approve", timings, comp)
@@ -531,8 +535,18 @@ class EvolutionLoop:
         except StopRun as exc:
             self.stop_reason = str(exc)
         finally:
+            self._tidy()
             self.record.close()
         return self.outcomes
+
+    def _tidy(self) -> None:
+        """Remove the run's worktrees (candidates, best, record) when it stops, however it stops: everything is
+        on branches, and a resume or a review recreates what it needs."""
+        try:
+            self.record.prune()
+            self.record.remove_run_worktree()
+        except RecordError as exc:
+            self.display.log(f"[yellow]cleanup:[/] could not remove the run's worktrees: {escape(str(exc))}")
 
     def _preflight(self) -> None:
         """Check the LLM server's API kind, model and context before spending minutes on the baseline;
@@ -592,6 +606,7 @@ class EvolutionLoop:
                  "attempts": [a.to_dict() for a in getattr(exc, "attempts", []) or []]}
         with open(self.run_dir / "failed_proposals.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
+        self.store.save_refused_reply(entry)  # the record branch: travels with the run
         self.display.upsert({"id": f"cycle-{cycle}", "cycle": cycle, "stage": "propose", "verdict": "invalid",
                              "reason": reason})
         self.outcomes.append(CycleOutcome(None, "invalid", reason))

@@ -1,17 +1,23 @@
-"""The git evolution record: one run branch, one branch and worktree per candidate, trailers and notes.
+"""The git evolution record: a lineage-only best branch, a separate record branch, one branch and worktree per
+candidate, trailers and notes.
 
 Layout in the user's repository (names are fixed here so every part of the engine agrees on them):
 
-* ``evolve/<run-id>/best``  -- the run branch. It starts at the commit that was HEAD when the run was
-  created and only moves forward by ``--no-ff`` merges of accepted candidates and by commits of the stored
-  proposal files (see :mod:`evolver.store`). Its tip is the current best.
+* ``evolve/<run-id>/best``  -- the lineage. It starts at the commit that was HEAD when the run was created and
+  only moves forward by ``--no-ff`` merges of merged candidates, one per accepted change, whose message carries
+  the proposal's title, rationale, citations, the scores and the rule. Its tip is the current best, and
+  ``git log --first-parent evolve/<run-id>/best`` is the list of improvements. Nothing else is committed on it.
   (Git cannot hold both ``evolve/<run-id>`` and ``evolve/<run-id>/cand/...`` as branches, since one ref name
   would be a file and a directory at once, hence the ``/best`` suffix.)
-* ``evolve/<run-id>/cand/<proposal-id>`` -- one branch per candidate, one commit on top of its parent.
-  Rejected branches stay (``history`` lists them) until :meth:`EvolutionRecord.prune` deletes them.
+* ``evolve/<run-id>/record`` -- the bookkeeping, on a branch of its own with no common history with the code:
+  stored proposals, diffs, results and refused LLM replies (see :mod:`evolver.store`). Every command reads them
+  from here, so a clone that fetches ``evolve/<run-id>/*`` reads the whole record. (Runs made before this
+  branch existed kept those files on the best branch; reading falls back to it.)
+* ``evolve/<run-id>/cand/<proposal-id>`` -- one branch per candidate, one commit on top of its parent (always a
+  code commit of the lineage). Rejected branches stay (``history`` lists them) until ``evolve.py prune``.
 * ``refs/notes/evolve`` -- JSON notes: the verdict, scores and metrics of each candidate tip and merge commit.
 * Worktrees live under ``<git-common-dir>/hrm-evolve/worktrees/<run-id>/`` unless ``work_dir`` is given:
-  ``run`` (the run branch) and ``cand/<proposal-id>`` (candidates).
+  ``run`` (the best branch), ``record`` (the record branch) and ``cand/<proposal-id>`` (candidates).
 
 The user's current branch, index and work tree are never touched: every checkout, commit and merge happens
 in a worktree owned by the record. Writes go through the ``git`` binary (one short process per call);
@@ -33,9 +39,12 @@ from typing import Any
 
 import git
 
+from evolver.verdicts import MERGED
+
 NOTES_REF = "refs/notes/evolve"
 BRANCH_PREFIX = "evolve"
 RUN_BRANCH_LEAF = "best"
+RECORD_BRANCH_LEAF = "record"
 FALLBACK_NAME = "hrm-evolve"
 FALLBACK_EMAIL = "hrm-evolve@localhost"
 
@@ -76,6 +85,10 @@ def check_name(kind: str, value: str) -> str:
 
 def run_branch_name(run_id: str) -> str:
     return f"{BRANCH_PREFIX}/{run_id}/{RUN_BRANCH_LEAF}"
+
+
+def record_branch_name(run_id: str) -> str:
+    return f"{BRANCH_PREFIX}/{check_name('run id', run_id)}/{RECORD_BRANCH_LEAF}"
 
 
 def candidate_branch_name(run_id: str, proposal_id: str) -> str:
@@ -189,6 +202,17 @@ def list_runs(repo_path: str | os.PathLike[str]) -> list[str]:
     return sorted(runs)
 
 
+def open_run(repo_path: str | os.PathLike[str], run_id: str | None = None) -> EvolutionRecord:
+    """The record of ``run_id``, or of the latest run; raises :class:`RunNotFound` when there is none."""
+    root = repo_toplevel(repo_path)
+    if run_id is None:
+        runs = list_runs(root)
+        if not runs:
+            raise RunNotFound(f"no evolution runs in {root} (no evolve/<run-id>/best branch)")
+        run_id = runs[-1]
+    return EvolutionRecord(root, run_id, create=False)
+
+
 def fetch_runs(repo_path: str | os.PathLike[str], remote: str = "origin") -> None:
     """Fetch every run branch and the evolve notes from ``remote`` (a plain clone fetches neither)."""
     root = repo_toplevel(repo_path)
@@ -222,6 +246,7 @@ class EvolutionRecord:
         self.git_dir = (self.root / common).resolve()
         self.run_id = check_name("run id", run_id) if run_id else new_run_id()
         self.run_branch = run_branch_name(self.run_id)
+        self.record_branch = record_branch_name(self.run_id)
         base_dir = Path(work_dir) if work_dir else self.git_dir / "hrm-evolve" / "worktrees"
         self.work_dir = (base_dir / self.run_id).resolve()
         self._env = self._identity_env()
@@ -285,6 +310,11 @@ class EvolutionRecord:
     def run_path(self) -> Path:
         """Where the run branch's worktree lives (created on demand by :meth:`run_worktree`)."""
         return self.work_dir / "run"
+
+    @property
+    def record_path(self) -> Path:
+        """Where the record branch's worktree lives (created on demand by :meth:`record_worktree`)."""
+        return self.work_dir / RECORD_BRANCH_LEAF
 
     def _registered_worktrees(self) -> dict[Path, str]:
         """Worktree path -> checked-out branch ref (or '' when detached)."""
@@ -418,9 +448,38 @@ class EvolutionRecord:
         self._add_worktree(path, [str(path), self.run_branch])
         return path
 
-    def commit_run_files(self, paths: Iterable[str], message: str) -> str | None:
-        """Commit files already written in the run worktree (paths relative to it); None when unchanged."""
-        wt = self.run_worktree()
+    def _ensure_record_branch(self) -> None:
+        """Create the record branch as a root commit of its own (no common history with the code)."""
+        ref = f"refs/heads/{self.record_branch}"
+        if self._ref_exists(ref):
+            return
+        tree = _git(["mktree"], self.root, stdin="").stdout.strip()
+        msg = (f"Record of evolution run {self.run_id}\n\nProposals, diffs, results and refused replies of the run; "
+               f"the evolved code and its merges are on {self.run_branch}.\n")
+        sha = _git(["commit-tree", tree, "-F", "-"], self.root, stdin=msg, env=self._env).stdout.strip()
+        _git(["update-ref", ref, sha, ""], self.root)
+
+    def has_record_branch(self) -> bool:
+        return self._ref_exists(f"refs/heads/{self.record_branch}")
+
+    def record_worktree(self) -> Path:
+        """The worktree of the record branch (created on first use, with the branch); never the user's."""
+        self._ensure_record_branch()
+        path = self.record_path.resolve()
+        ref = f"refs/heads/{self.record_branch}"
+        wts = self._registered_worktrees()
+        if wts.get(path) == ref and (path / ".git").exists():
+            return path
+        elsewhere = [p for p, b in wts.items() if b == ref and p != path]
+        if elsewhere:
+            raise RecordError(f"record branch {self.record_branch} is checked out at {elsewhere[0]}; "
+                              "the record needs it in its own worktree")
+        self._add_worktree(path, [str(path), self.record_branch])
+        return path
+
+    def commit_record_files(self, paths: Iterable[str], message: str) -> str | None:
+        """Commit files already written in the record worktree (paths relative to it); None when unchanged."""
+        wt = self.record_worktree()
         rels = [str(p) for p in paths]
         _git(["add", "--", *rels], wt)
         if _git(["diff", "--cached", "--quiet"], wt, check=False).returncode == 0:
@@ -430,20 +489,26 @@ class EvolutionRecord:
         return _git(["rev-parse", "HEAD"], wt).stdout.strip()
 
     def merge_candidate(self, candidate: Candidate | str, scores: Mapping[str, float],
-                        metrics: Mapping[str, Any] | None = None, message: str | None = None) -> str:
-        """Merge a candidate into the run branch with ``--no-ff`` (in the run worktree).
+                        metrics: Mapping[str, Any] | None = None, message: str | None = None,
+                        trailers: Sequence[tuple[str, str]] = ()) -> str:
+        """Merge a candidate into the best branch with ``--no-ff`` (in the run worktree).
 
-        The merge commit carries ``Proposal-Id``, ``Verdict: accepted`` and one ``Score-<Key>`` trailer per
-        score; its note and the candidate tip's note hold the scores and metrics as JSON. Returns the merge sha.
-        Raises :class:`MergeConflict` (after ``merge --abort``) when the candidate does not merge cleanly.
+        ``message`` is the subject and body (the caller writes the proposal's title, rationale and the rule);
+        the trailers are ``Proposal-Id``, ``Candidate``, ``Verdict: merged``, one per score (``delta`` ->
+        ``Delta``) and then ``trailers``. Its note and the candidate tip's note hold the scores and metrics as
+        JSON. Returns the merge sha. Raises :class:`MergeConflict` (after ``merge --abort``) when the candidate
+        does not merge cleanly.
         """
         pid = candidate.proposal_id if isinstance(candidate, Candidate) else candidate
         branch = self.candidate_branch(pid)
         tip = self._rev(branch)
         wt = self.run_worktree()
-        trailers = [("Proposal-Id", pid), ("Candidate", tip), ("Verdict", "accepted")]
-        trailers += [(f"Score-{trailer_key(k)}", f"{float(v):.6g}") for k, v in scores.items()]
-        msg = format_message(message or f"Merge candidate {pid} into {self.run_branch}", "", trailers)
+        lines = [("Proposal-Id", pid), ("Candidate", tip), ("Verdict", MERGED)]
+        lines += [(trailer_key(k), f"{float(v):.6g}") for k, v in scores.items()]
+        lines += [(trailer_key(k), v) for k, v in trailers]
+        text = message or f"Merge candidate {pid} into {self.run_branch}"
+        subject, _, body = text.strip().partition("\n")
+        msg = format_message(subject, body, lines)
         proc = _git(["merge", "--no-ff", "--no-verify", "--cleanup=whitespace", "-m", msg, branch], wt,
                     env=self._env, check=False)
         if proc.returncode != 0:
@@ -451,7 +516,7 @@ class EvolutionRecord:
             raise MergeConflict(f"candidate {pid} does not merge into {self.run_branch}: "
                                 f"{(proc.stdout + proc.stderr).strip()}")
         merge_sha = _git(["rev-parse", "HEAD"], wt).stdout.strip()
-        note = {"run_id": self.run_id, "verdict": "accepted", "scores": dict(scores),
+        note = {"run_id": self.run_id, "verdict": MERGED, "scores": dict(scores),
                 "metrics": dict(metrics or {}), "merge": merge_sha}
         self.write_note(tip, note)
         self.write_note(merge_sha, {**note, "candidate": tip, "proposal_id": pid})
@@ -480,6 +545,23 @@ class EvolutionRecord:
 
     def candidates(self) -> list[CandidateInfo]:
         return [self.candidate_info(pid) for pid in self.candidate_ids()]
+
+    def show_record_file(self, path: str) -> str | None:
+        """A stored file's text from the record branch (or, for runs made before it existed, the best branch)."""
+        for rev in (self.record_branch, self.run_branch):
+            if self._ref_exists(f"refs/heads/{rev}"):
+                text = self.show_file(path, rev)
+                if text is not None:
+                    return text
+        return None
+
+    def list_record_dir(self, path: str) -> list[str]:
+        """Entry names of a stored directory on the record branch (and, for older runs, the best branch)."""
+        names: set[str] = set()
+        for rev in (self.record_branch, self.run_branch):
+            if self._ref_exists(f"refs/heads/{rev}"):
+                names.update(self.list_dir(path, rev))
+        return sorted(names)
 
     def show_file(self, path: str, rev: str | None = None) -> str | None:
         """A file's text at ``rev`` (default: the run branch tip), read from git objects alone; None if absent."""
@@ -527,8 +609,26 @@ class EvolutionRecord:
         return deleted
 
     def remove_run_worktree(self) -> None:
-        """Remove the run branch's worktree (the branch stays)."""
-        path = self.run_path.resolve()
-        if path in self._registered_worktrees():
-            _git(["worktree", "remove", "--force", str(path)], self.root)
+        """Remove the worktrees of the best and the record branch (the branches stay; both are recreated on
+        demand)."""
+        wts = self._registered_worktrees()
+        for path in (self.run_path.resolve(), self.record_path.resolve()):
+            if path in wts:
+                _git(["worktree", "remove", "--force", str(path)], self.root)
         _git(["worktree", "prune"], self.root)
+
+    def has_merges(self) -> bool:
+        """Whether any candidate was merged into the best branch."""
+        return any(label != "base" for label in self.best_labels().values())
+
+    def delete_run(self) -> list[str]:
+        """Delete every worktree and branch of the run (best, record, candidates). Notes stay (they are keyed by
+        commit and harmless). Returns the deleted branch names."""
+        self.prune()
+        self.remove_run_worktree()
+        out = _git(["for-each-ref", "--format=%(refname:short)", f"refs/heads/{BRANCH_PREFIX}/{self.run_id}/"],
+                   self.root).stdout.split()
+        for branch in out:
+            _git(["branch", "-D", branch], self.root)
+        return out
+

@@ -15,8 +15,10 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.syntax import Syntax
 
+from evolver.merge_message import merge_message, merge_trailers
 from evolver.record import EvolutionRecord, MergeConflict
 from evolver.store import ProposalStore
+from evolver.verdicts import MERGED
 
 PENDING = "pending-review"
 
@@ -56,7 +58,7 @@ def show_candidate(console: Console, store: ProposalStore, pid: str) -> None:
 
 
 def decide(record: EvolutionRecord, store: ProposalStore, pid: str, approve: bool, note: str = "") -> str:
-    """Apply a decision; returns the new verdict ("approved", "rejected-by-reviewer" or "conflict")."""
+    """Apply a decision; returns the new verdict ("merged", "rejected-by-reviewer" or "conflict")."""
     result = dict(store.result(pid) or {})
     if result.get("verdict") != PENDING:
         raise ValueError(f"candidate {pid} is not pending review (verdict {result.get('verdict')!r})")
@@ -64,12 +66,18 @@ def decide(record: EvolutionRecord, store: ProposalStore, pid: str, approve: boo
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if approve:
         try:
-            merge = record.merge_candidate(pid, scores, metrics={"reviewed": when, "note": note})
+            proposal = store.proposal(pid) or {"id": pid}
+            comp = result.get("comparison") or {}
+            metric = str(comp.get("metric") or "score")
+            merge = record.merge_candidate(
+                pid, scores, metrics={"reviewed": when, "note": note},
+                message=merge_message(proposal, comp, result.get("judgement") or {}, metric),
+                trailers=[*merge_trailers(proposal, comp, metric), ("Reviewed", f"approved {when}")])
         except MergeConflict as exc:
             verdict, result["reason"] = "conflict", str(exc)
             record.record_result(pid, verdict, scores, reason=str(exc))
         else:
-            verdict = "approved"
+            verdict = MERGED
             result["merge_commit"] = merge
     else:
         verdict = "rejected-by-reviewer"

@@ -1,12 +1,14 @@
-"""Stored proposals of a run: ``proposals/<run-id>/<proposal-id>/{proposal.json, diff.patch, result.json}``.
+"""Stored proposals of a run: ``proposals/<run-id>/<proposal-id>/{proposal.json, diff.patch, result.json}``
+and refused LLM replies ``replies/<run-id>/<cycle-id>.json``, all on the run's record branch.
 
-Where the files live (decided here): they are written into the run branch's own worktree (see
-:meth:`evolver.record.EvolutionRecord.run_worktree`; never the user's work tree) with an atomic
-write (temporary file in the same folder, fsync, rename) and committed on the run branch
-``evolve/<run-id>/best`` at once. So a crash leaves either the old or the new file, never half of one, and
-the record travels with the branch: reading uses git objects alone (``git show evolve/<run>/best:proposals/...``),
-which works from a clone on another machine after :func:`evolver.record.fetch_runs`.
-Files written with ``commit=False`` are read from the run worktree until a later write commits them.
+Where the files live (decided here): they are written into the record branch's own worktree (see
+:meth:`evolver.record.EvolutionRecord.record_worktree`; never the user's work tree, never the best branch,
+which holds only the code and its merges) with an atomic write (temporary file in the same folder, fsync,
+rename) and committed on ``evolve/<run-id>/record`` at once. So a crash leaves either the old or the new file,
+never half of one, and the record travels with the branch: reading uses git objects alone
+(``git show evolve/<run>/record:proposals/...``), which works from a clone on another machine after
+:func:`evolver.record.fetch_runs`. Files written with ``commit=False`` are read from the record worktree until
+a later write commits them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ PROPOSAL_FILE = "proposal.json"
 DIFF_FILE = "diff.patch"
 RESULT_FILE = "result.json"
 STORE_ROOT = "proposals"
+REPLIES_ROOT = "replies"
 
 FileContent = str | bytes | Mapping[str, Any]
 
@@ -67,9 +70,9 @@ class ProposalStore:
     def write(self, proposal_id: str, files: Mapping[str, FileContent], message: str | None = None,
               commit: bool = True) -> str | None:
         """Write files (name -> text, bytes or a JSON-able mapping) into the proposal's folder of the run
-        worktree and commit them on the run branch. Returns the commit sha (None when nothing changed or
-        ``commit`` is False)."""
-        wt = self.record.run_worktree()
+        record worktree and commit them on the record branch. Returns the commit sha (None when nothing changed
+        or ``commit`` is False)."""
+        wt = self.record.record_worktree()
         rels = []
         for name, content in files.items():
             if "/" in name or name.startswith("."):
@@ -80,7 +83,7 @@ class ProposalStore:
         if not commit:
             return None
         names = ", ".join(files)
-        return self.record.commit_run_files(
+        return self.record.commit_record_files(
             rels, message or f"Store {names} of proposal {proposal_id} (run {self.run_id})")
 
     def save_proposal(self, proposal: Any, diff: str | None = None) -> str | None:
@@ -105,12 +108,12 @@ class ProposalStore:
 
     # ----------------------------------------------------------------- reading
     def read_text(self, proposal_id: str, name: str) -> str | None:
-        """A stored file's text from the run branch; falls back to an uncommitted file in the run worktree."""
+        """A stored file's text from the record branch; falls back to an uncommitted file in its worktree."""
         rel = f"{self.rel_dir(proposal_id)}/{name}"
-        text = self.record.show_file(rel)
+        text = self.record.show_record_file(rel)
         if text is not None:
             return text
-        local = self.record.run_path / rel
+        local = self.record.record_path / rel
         return local.read_text(encoding="utf-8") if local.is_file() else None
 
     def read_json(self, proposal_id: str, name: str) -> dict[str, Any] | None:
@@ -130,8 +133,32 @@ class ProposalStore:
         return self.read_json(proposal_id, RESULT_FILE)
 
     def files(self, proposal_id: str) -> list[str]:
-        return self.record.list_dir(self.rel_dir(proposal_id))
+        return self.record.list_record_dir(self.rel_dir(proposal_id))
 
     def ids(self) -> list[str]:
-        """Proposal ids stored on the run branch, sorted."""
-        return sorted(self.record.list_dir(f"{STORE_ROOT}/{self.run_id}"))
+        """Proposal ids stored in the record, sorted."""
+        return self.record.list_record_dir(f"{STORE_ROOT}/{self.run_id}")
+
+    # ----------------------------------------------------------------- refused replies
+    def save_refused_reply(self, entry: Mapping[str, Any]) -> str | None:
+        """Store an LLM reply that never became a proposal (``entry["id"]``, e.g. ``cycle-3``: its attempts' raw
+        text and the reasons each was refused) and commit it on the record branch."""
+        name = f"{check_name('reply id', str(entry['id']))}.json"
+        rel = f"{REPLIES_ROOT}/{self.run_id}/{name}"
+        atomic_write(self.record.record_worktree() / rel, _encode(entry))
+        return self.record.commit_record_files([rel], f"Store refused reply {entry['id']} (run {self.run_id})")
+
+    def refused_replies(self) -> list[dict[str, Any]]:
+        """Every stored refused reply of the run, in cycle order."""
+        out = []
+        for name in self.record.list_record_dir(f"{REPLIES_ROOT}/{self.run_id}"):
+            text = self.record.show_record_file(f"{REPLIES_ROOT}/{self.run_id}/{name}")
+            if text is None:
+                continue
+            try:
+                data = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                out.append(data)
+        return sorted(out, key=lambda d: (int(d.get("cycle") or 0), str(d.get("id"))))

@@ -63,9 +63,9 @@ def test_apply_good_proposal(user_repo: Path, tmp_path: Path) -> None:
         assert commit.summary == "Scale by three"
     assert trailers["Proposal-Id"] == ["scale-by-three"]
     assert trailers["Citations"] == ["2506.21734"]
-    stored = json.loads(git(user_repo, "show", "evolve/run-1/best:proposals/run-1/scale-by-three/proposal.json"))
+    stored = json.loads(git(user_repo, "show", "evolve/run-1/record:proposals/run-1/scale-by-three/proposal.json"))
     assert stored["provenance"]["parent_commit"] == trailers["Parent"][0] == before[0].strip()
-    patch = git(user_repo, "show", "evolve/run-1/best:proposals/run-1/scale-by-three/diff.patch")
+    patch = git(user_repo, "show", "evolve/run-1/record:proposals/run-1/scale-by-three/diff.patch")
     assert "+    return [v * 3.0 for v in values]" in patch
     # the candidate worktree is gone, its branch stays; applying the same id again is refused
     with EvolutionRecord(user_repo, "run-1", create=False) as rec:
@@ -146,7 +146,7 @@ def test_history_from_a_fresh_clone(user_repo: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rows = {row["proposal_id"]: row for row in json.loads(proc.stdout)}
     assert set(rows) == {"gain-three", "gain-four", "gain-five"}
-    assert rows["gain-three"]["verdict"] == "accepted" and rows["gain-three"]["score"] == 0.8
+    assert rows["gain-three"]["verdict"] == "merged" and rows["gain-three"]["score"] == 0.8
     assert rows["gain-four"]["verdict"] == "rejected" and rows["gain-four"]["delta"] == -0.05
     assert rows["gain-five"]["verdict"] == "pending" and rows["gain-five"]["score"] is None
     assert all(row["parent"] == "base" and row["citations"] == "2506.21734" for row in rows.values())
@@ -158,4 +158,4 @@ def test_history_from_a_fresh_clone(user_repo: Path, tmp_path: Path) -> None:
     pruned = evolve("history", "--repo", str(user_repo), "--json")
     rows = {row["proposal_id"]: row for row in json.loads(pruned.stdout)}
     assert rows["gain-four"]["branch"] is None and rows["gain-four"]["verdict"] == "pruned"
-    assert rows["gain-three"]["verdict"] == "accepted"
+    assert rows["gain-three"]["verdict"] == "merged"

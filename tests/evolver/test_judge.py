@@ -39,7 +39,7 @@ def test_a_clearly_better_candidate_is_confirmed_on_fresh_seeds() -> None:
     measure, calls = scripted(effect=0.15)
     control = RunErrorControl()
     j = judge(measure, control=control).judge()
-    assert j.verdict == "merge", j.reason
+    assert j.verdict == "passed", j.reason
     assert j.confirmation is not None and j.confirmation.passed
     selection = set(j.to_dict()["selection_seeds"])
     confirmation = j.to_dict()["confirmation_seeds"]
@@ -84,7 +84,7 @@ def test_a_pair_whose_parent_ran_at_another_speed_is_void_and_replaced() -> None
     void = [p for p in j.pairs if p.void]
     assert [p.seed for p in void] == [1] and "void this comparison" in void[0].void_reason
     assert 1 not in j.to_dict()["selection_seeds"]
-    assert j.verdict == "merge"
+    assert j.verdict == "passed"
 
 
 def test_an_unsteady_machine_voids_the_whole_comparison() -> None:

@@ -119,11 +119,11 @@ def test_merge_no_ff_with_score_trailers_and_notes(user_repo: Path) -> None:
             assert [p.hexsha for p in commit.parents] == [start, tip]  # a real merge even if ff was possible
             trailers = commit.trailers_dict
         assert trailers["Proposal-Id"] == ["p-merge"]
-        assert trailers["Verdict"] == ["accepted"]
-        assert trailers["Score-Exact-Accuracy"] == ["0.75"]
-        assert trailers["Score-Delta"] == ["0.05"]
+        assert trailers["Verdict"] == ["merged"]
+        assert trailers["Exact-Accuracy"] == ["0.75"]
+        assert trailers["Delta"] == ["0.05"]
         note = json.loads(git(user_repo, "notes", "--ref=refs/notes/evolve", "show", tip))
-        assert note["verdict"] == "accepted" and note["scores"]["exact_accuracy"] == 0.75
+        assert note["verdict"] == "merged" and note["scores"]["exact_accuracy"] == 0.75
         assert note["metrics"] == {"steps": 12} and note["merge"] == merge
         assert rec.read_note(merge)["candidate"] == tip
         info = rec.candidate_info("p-merge")
