@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,13 @@ from evolver.record import repo_toplevel
 
 def _positive_float(text: str) -> float:
     value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return value
@@ -55,6 +63,16 @@ def add_run_command(subparsers: Any) -> None:
                         "(default 0.25)")
     p.add_argument("--serial-pairs", action="store_false", default=None, dest="side_by_side",
                    help="train the two sides of a pair one after the other (default: side by side)")
+    p.add_argument("--executor", choices=["local", "ray", "auto"], default=None,
+                   help="where the two sides of a seed pair run: local worker slots, or the nodes of a Ray "
+                        "cluster (needs pip install -e '.[ray]'); auto (default): ray when --ray-address or "
+                        "RAY_ADDRESS is set, else local")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="the Ray head to join, host:port (default: RAY_ADDRESS); the git record and every "
+                        "verdict stay on this machine")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="local worker slots, each with its own GPU id from --gpu-ids (default 2 side by side, "
+                        "1 with --serial-pairs)")
     p.add_argument("--budget-seconds", type=_positive_float, default=None,
                    help="training budget per seed; the host kills a train stage at this plus "
                         "--setup-allowance seconds of its own clock")
@@ -93,6 +111,7 @@ def add_run_command(subparsers: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evolver.display import LoopDisplay
+    from evolver.executor import check_ray_address, executor_kind
     from evolver.loop import EvolutionLoop
     from evolver.settings import load_settings
 
@@ -101,8 +120,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     keys = ("provider", "model", "host", "fallback_provider", "task", "seeds", "budget_seconds", "cycles",
             "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "metric",
             "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
-            "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids")
+            "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids", "image",
+            "executor", "ray_address", "workers")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
+    try:
+        if executor_kind(settings.executor, settings.ray_address) == "ray":
+            check_ray_address(settings.ray_address or os.environ.get("RAY_ADDRESS"))
+    except (RuntimeError, ValueError) as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
     # A second Ctrl-C while the loop is cleaning up should not leave a half-written record: the loop catches
     # the first one; SIGTERM is turned into the same clean stop.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

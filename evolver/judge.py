@@ -8,7 +8,10 @@ against its running median: a pair in which the unchanged side ran faster or slo
 tolerance, is void: it is recorded, not judged, and replaced by a pair on a new seed. Too many void pairs
 and the whole comparison is void.
 
-This module decides nothing about git; it only needs a callable that measures one side on one seed.
+This module decides nothing about git; it only needs a callable that measures one side on one seed, or
+one that starts measuring it and gives a future (``submit``: an executor, evolver/executor.py). A side the
+executor could not run (its node was lost; failed_stage "executor") says nothing about either tree: its pair
+is void too, and replaced like any other void pair.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import os
 import statistics
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,6 +38,8 @@ from evolver.verdicts import PASSED
 
 THROUGHPUT_TOLERANCE = 0.25
 MAX_VOID_PAIRS = 3
+EXECUTOR_STAGE = "executor"
+"""The failed_stage of a side that its executor could not run (node lost, no answer): nobody's fault."""
 CONFIRMATION_SEED_START = 100_000
 CONFIRMATION_SEED_BLOCK = 1_000
 """The j-th confirmation of a run draws its seeds from CONFIRMATION_SEED_START + (j - 1) * BLOCK upwards:
@@ -55,6 +60,8 @@ class SideRun:
 
 MeasureSide = Callable[[str, int, str], SideRun]
 """measure(side, seed, phase) with side "parent" | "candidate" and phase "selection" | "confirmation"."""
+SubmitSide = Callable[[str, int, str], "Future[SideRun]"]
+"""submit(side, seed, phase): start measuring one side and return a future of its SideRun."""
 
 
 @dataclass
@@ -113,13 +120,15 @@ def _load() -> float | None:
 
 
 class CandidateJudge:
-    """Runs seed pairs until the promotion rules decide. ``side_by_side``: measure both sides at once."""
+    """Runs seed pairs until the promotion rules decide. ``side_by_side``: measure both sides at once,
+    through ``submit`` when given (an executor), else on two local threads calling ``measure``."""
 
     def __init__(self, measure: MeasureSide, *, selection: SelectionRule, confirmation: ConfirmationRule,
                  control: RunErrorControl, first_seeds: list[int], side_by_side: bool = True,
                  tolerance: float = THROUGHPUT_TOLERANCE, reference_rate: float | None = None,
-                 on_pair: Callable[[SeedPair], None] | None = None) -> None:
+                 on_pair: Callable[[SeedPair], None] | None = None, submit: SubmitSide | None = None) -> None:
         self.measure = measure
+        self.submit = submit
         self.selection_rule = selection
         self.confirmation_rule = confirmation
         self.control = control
@@ -132,22 +141,15 @@ class CandidateJudge:
     # ------------------------------------------------------------------ one pair
     def _pair(self, seed: int, phase: str) -> tuple[SeedPair, SideRun, SideRun]:
         load_before = _load()
-        if self.side_by_side:
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                fp = pool.submit(self.measure, "parent", seed, phase)
-                fc = pool.submit(self.measure, "candidate", seed, phase)
-                parent, cand = fp.result(), fc.result()
-        else:  # alternate the order so that a drifting machine favours neither side
-            if seed % 2 == 0:
-                parent = self.measure("parent", seed, phase)
-                cand = self.measure("candidate", seed, phase)
-            else:
-                cand = self.measure("candidate", seed, phase)
-                parent = self.measure("parent", seed, phase)
+        parent, cand = self._sides(seed, phase)
         pair = SeedPair(seed=seed, phase=phase, parent=parent.score, candidate=cand.score, gain=None,
                         parent_evidence=parent.evidence, candidate_evidence=cand.evidence,
                         load_before=load_before, load_after=_load())
-        if parent.ok and cand.ok and parent.score is not None and cand.score is not None:
+        lost = [f"{name}: {run.reason}" for name, run in (("parent", parent), ("candidate", cand))
+                if not run.ok and run.failed_stage == EXECUTOR_STAGE]
+        if lost:
+            pair.void, pair.void_reason = True, "; ".join(lost)
+        elif parent.ok and cand.ok and parent.score is not None and cand.score is not None:
             pair.gain = float(cand.score) - float(parent.score)
             rate = parent.evidence.get("steps_per_second")
             if isinstance(rate, (int, float)) and rate > 0:
@@ -160,6 +162,27 @@ class CandidateJudge:
         if self.on_pair:
             self.on_pair(pair)
         return pair, parent, cand
+
+    def _sides(self, seed: int, phase: str) -> tuple[SideRun, SideRun]:
+        """The parent's and the candidate's SideRun on ``seed``, side by side or one after the other."""
+        if self.side_by_side and self.submit is not None:
+            fp = self.submit("parent", seed, phase)
+            fc = self.submit("candidate", seed, phase)
+            return fp.result(), fc.result()
+        if self.side_by_side:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                fp = pool.submit(self.measure, "parent", seed, phase)
+                fc = pool.submit(self.measure, "candidate", seed, phase)
+                return fp.result(), fc.result()
+        # alternate the order so that a drifting machine favours neither side
+        if seed % 2 == 0:
+            parent = self._one("parent", seed, phase)
+            return parent, self._one("candidate", seed, phase)
+        cand = self._one("candidate", seed, phase)
+        return self._one("parent", seed, phase), cand
+
+    def _one(self, side: str, seed: int, phase: str) -> SideRun:
+        return self.measure(side, seed, phase) if self.submit is None else self.submit(side, seed, phase).result()
 
     # ------------------------------------------------------------------ the judgement
     def judge(self) -> Judgement:
@@ -234,6 +257,8 @@ class CandidateJudge:
     @staticmethod
     def _failure(pair: SeedPair, parent: SideRun, cand: SideRun, pairs: list[SeedPair], rule_text: str,
                  selection: Decision | None = None) -> Judgement | None:
+        if EXECUTOR_STAGE in (cand.failed_stage, parent.failed_stage):
+            return None  # a lost side voids its pair (see _pair), it fails nothing
         if not cand.ok:
             return Judgement("failed", f"{cand.failed_stage} (seed {pair.seed}): {cand.reason}", pairs, selection,
                              failed_stage=cand.failed_stage, failed_seed=pair.seed, rule=rule_text)

@@ -28,8 +28,9 @@ from rich.markup import escape
 
 from evolver.cascade import CascadeResult, StageRun, eval_time_cap, run_cascade, write_manifest
 from evolver.display import LoopDisplay
+from evolver.executor import ExecutorSides, StageJob, StageOutcome, executor_kind, make_executor
 from evolver.harness_copy import harness_digest, pristine_harness
-from evolver.judge import CandidateJudge, Judgement, SeedPair, SideRun
+from evolver.judge import CandidateJudge, Judgement, SeedPair
 from evolver.literature import literature_context
 from evolver.merge_message import merge_message, merge_trailers
 from evolver.patch import EditError, apply_edits
@@ -118,6 +119,8 @@ class EvolutionLoop:
         self._provider = provider
         self._papers: list[Any] | None = None
         self._backend = None
+        self._executor_kind = executor_kind(settings.executor, settings.ray_address)  # a missing Ray fails here
+        self._executor: Any = None  # made at the first judgement (evolver/executor.py)
         self.baseline: Baseline | None = None
         self.outcomes: list[CycleOutcome] = []
         self.stop_reason: str | None = None
@@ -410,25 +413,31 @@ class EvolutionLoop:
         threads = self._stage_threads()
         cpus = max(1.0, s.cpus / 2) if side_by_side else s.cpus
         trees = {"parent": self.record.run_worktree(), "candidate": cand.path}
+        if self._executor is None:  # local slots (the GPU ids of --gpu-ids in turn) or a Ray cluster
+            self._executor = make_executor(self._executor_kind, ray_address=s.ray_address,
+                                           workers=s.workers or (2 if side_by_side else 1), gpu_ids=s.gpu_ids,
+                                           backend=self.backend if self._executor_kind == "local" else None)
 
-        def measure(side: str, seed: int, phase: str) -> SideRun:
-            where = out / f"{phase}-seed{seed}-{side}"
-            res = run_cascade(
-                trees[side], self.harness_dir, self.data_dir(), where, task=s.task, seeds=[seed],
-                budget_seconds=s.budget_seconds, backend=self.backend, stages=("train", "evaluate"),
-                gpus=s.gpus, gpu_ids=self._gpu_ids(0 if side == "parent" or not side_by_side else 1),
-                memory_mb=s.memory_mb, cpus=cpus, threads=threads, label=f"{self.run_id}-{side}",
-                progress=self._on_stage if side == "candidate" else None,
-                eval_cap_s=eval_cap if side == "candidate" else None, setup_allowance_s=s.setup_allowance_seconds,
-            )
-            res.save(where / "cascade.json")
+        def make_job(side: str, seed: int, phase: str) -> StageJob:  # gpu_ids: the executor's slot or node
+            options = {"task": s.task, "budget_seconds": s.budget_seconds, "backend": s.backend,
+                       "stages": ["train", "evaluate"], "gpus": s.gpus, "memory_mb": s.memory_mb, "cpus": cpus,
+                       "threads": threads, "label": f"{self.run_id}-{side}", "setup_allowance_s":
+                       s.setup_allowance_seconds, "eval_cap_s": eval_cap if side == "candidate" else None}
+            return StageJob(side, seed, phase, str(trees[side]), str(self.harness_dir), str(self.data_dir()),
+                            str(out / f"{phase}-seed{seed}-{side}"), options, image=s.image)
+
+        def finish(job: StageJob, outcome: StageOutcome) -> None:
+            res = outcome.cascade()
+            if res is None:  # the executor lost the side; the judge voids its pair
+                return
+            Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+            res.save(Path(job.out_dir) / "cascade.json")
             for run in res.stages:
-                key = run.stage if side == "candidate" else f"parent-{run.stage}"
+                key = run.stage if job.side == "candidate" else f"parent-{run.stage}"
                 timings[key] = timings.get(key, 0.0) + float(run.duration_s)
-            if not res.ok:
-                return SideRun(False, reason=res.reason, failed_stage=res.failed_stage,
-                               evidence=res.evidence[0] if res.evidence else {})
-            return SideRun(True, float(res.scores[s.metric][0]), evidence=res.evidence[0])
+
+        measure = ExecutorSides(self._executor, make_job, s.metric, finish=finish,
+                                progress=lambda side: self._on_stage if side == "candidate" else None)
 
         def on_pair(pair: SeedPair) -> None:
             what = "void: " + pair.void_reason if pair.void else (
@@ -438,7 +447,7 @@ class EvolutionLoop:
 
         judge = CandidateJudge(measure, selection=self.selection_rule, confirmation=self.confirmation_rule,
                                control=self.control, first_seeds=list(s.seeds), side_by_side=side_by_side,
-                               tolerance=s.throughput_tolerance, on_pair=on_pair)
+                               tolerance=s.throughput_tolerance, on_pair=on_pair, submit=measure.submit)
         return judge.judge()
 
     def _adopt(self, cand: Any, scores: list[float]) -> None:

@@ -28,6 +28,9 @@ class Settings:
     max_seeds: int = 10  # selection stops at this many seed pairs (sequential rule: evolver/promotion.py)
     confirm_seeds: int = 6  # fresh seed pairs a selected candidate is confirmed on
     side_by_side: bool = True  # train parent and candidate of a pair at the same time, half the machine each
+    executor: str = "auto"  # local | ray | auto (ray when ray_address or RAY_ADDRESS is set): evolver/executor.py
+    ray_address: str | None = None  # the Ray head, host:port (default: RAY_ADDRESS)
+    workers: int | None = None  # local worker slots; None = 2 side by side, 1 with serial pairs
     throughput_tolerance: float = 0.25  # a pair whose parent ran this much off its median steps/s is void
     setup_allowance_seconds: float = 30.0  # host-measured seconds a train stage may take beyond its budget
     budget_seconds: float = 75.0  # training budget per seed, set by the harness, not by candidate code
@@ -60,8 +63,9 @@ class Settings:
 
 
 # Fields whose default is None, by the type a value takes.
-OPTIONAL_TYPES: dict[str, type] = {"max_runtime_seconds": float, "context_tokens": int, "max_reply_tokens": int}
-POSITIVE = ("context_tokens", "max_reply_tokens", "llm_timeout")
+OPTIONAL_TYPES: dict[str, type] = {"max_runtime_seconds": float, "context_tokens": int, "max_reply_tokens": int,
+                                   "workers": int}
+POSITIVE = ("context_tokens", "max_reply_tokens", "llm_timeout", "workers")
 NON_NEGATIVE = ("llm_retries",)
 
 
