@@ -26,8 +26,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evolver.patch import apply_edits  # noqa: E402
-from evolver.paths import PathPolicy  # noqa: E402
+from edits.engine import apply_edits  # noqa: E402
+from edits.paths import PathPolicy  # noqa: E402
 from proposals.schema import load_proposal  # noqa: E402
 
 

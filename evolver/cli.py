@@ -98,10 +98,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
             err.print(f"  - {problem}", markup=False, highlight=False)
         return 2
     try:
-        from evolver.patch import EditError, apply_edits
-        from evolver.paths import DEFAULT_POLICY, PathRejected
+        from edits.engine import EditError, apply_edits
+        from edits.paths import DEFAULT_POLICY, PathRejected
     except ImportError as exc:  # the patch engine is another module; say so plainly if it is missing
-        raise NotImplementedError(f"evolver.patch is not available: {exc}") from exc
+        raise NotImplementedError(f"edits.engine is not available: {exc}") from exc
 
     root = repo_toplevel(args.repo)
     run_id = args.run_id or (list_runs(root) or [None])[-1]

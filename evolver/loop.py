@@ -26,6 +26,8 @@ from typing import Any
 
 from rich.markup import escape
 
+from edits.engine import EditError, apply_edits
+from edits.paths import PROTECTED_PATHS, PathPolicy, PathRejected
 from evolver.cascade import CascadeResult, StageRun, eval_time_cap, run_cascade, write_manifest
 from evolver.display import LoopDisplay
 from evolver.executor import ExecutorSides, StageJob, StageOutcome, executor_kind, make_executor
@@ -33,8 +35,6 @@ from evolver.harness_copy import harness_digest, pristine_harness
 from evolver.judge import CandidateJudge, Judgement, SeedPair
 from evolver.literature import literature_context
 from evolver.merge_message import merge_message, merge_trailers
-from evolver.patch import EditError, apply_edits
-from evolver.paths import PROTECTED_PATHS, PathPolicy, PathRejected
 from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
 from evolver.prompt import HistoryItem
 from evolver.providers import ProviderError, get_provider

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import libcst as cst
 
-from evolver.paths import DEFAULT_POLICY, PathPolicy
+from edits.paths import DEFAULT_POLICY, PathPolicy
 from evolver.prompt import HistoryItem
 
 CHARS_PER_TOKEN = 4

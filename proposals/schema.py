@@ -1,7 +1,8 @@
 """The proposal format: what an LLM (or a person) hands the engine to change the HRM code.
 
 A proposal names code by qualified name ("Block.forward", "ModelConfig.L_cycles") rather than by text
-position, so the patch engine (`evolver.patch`) can prove that each edit hits exactly one node.
+position, so the edit engine (`edits.engine`) can prove that each edit hits exactly one node. The edit
+operations themselves are defined in `edits.language`.
 
 Public API:
 - `Proposal` and the edit models (a discriminated union on `op`), all `extra="forbid"`.
@@ -14,25 +15,33 @@ Public API:
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
 import sys
-import textwrap
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
+
+from edits.language import (  # noqa: F401  (re-exported: proposals carry these edits)
+    EDIT_OPS,
+    MAX_EDITS,
+    AddClass,
+    AddFunction,
+    AddImport,
+    DeleteSymbol,
+    Edit,
+    ReplaceClass,
+    ReplaceFunction,
+    SearchReplace,
+    SetValue,
+    _Strict,
+)
 
 SCHEMA_PATH = Path(__file__).with_name("proposal.schema.json")
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{2,63}$"
 ARXIV_PATTERN = r"^[0-9]{4}\.[0-9]{4,5}(v[0-9]+)?$"
-QUALNAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
-FILE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py$"
-MODULE_PATTERN = r"^\.*[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$|^\.+$"
-IDENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-MAX_EDITS = 8
 
 
 class ProposalError(ValueError):
@@ -45,153 +54,12 @@ class ProposalError(ValueError):
         super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class Citation(_Strict):
     arxiv_id: str = Field(
         pattern=ARXIV_PATTERN, description="arXiv identifier, e.g. 2506.21734 or 2506.21734v2"
     )
     title: str = Field(min_length=1, description="Paper title")
     claim: str = Field(min_length=1, description="What the paper says that motivates this change")
-
-
-def _check_file(value: str) -> str:
-    parts = value.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise ValueError("must be a normalised repo-relative posix path (no '', '.' or '..' components)")
-    return value
-
-
-def _check_code(value: str) -> str:
-    try:
-        ast.parse(textwrap.dedent(value))
-    except SyntaxError as exc:
-        raise ValueError(f"code does not parse: {exc.msg} (line {exc.lineno})") from None
-    return value
-
-
-FileField = Annotated[
-    str, Field(pattern=FILE_PATTERN, description="Repo-relative posix path, e.g. hrm/model.py")
-]
-TargetField = Annotated[
-    str,
-    Field(
-        pattern=QUALNAME_PATTERN,
-        description="Qualified name: 'func', 'Class', 'Class.method', 'Outer.Inner.x'",
-    ),
-]
-
-
-class _FileEdit(_Strict):
-    file: FileField
-
-    @field_validator("file")
-    @classmethod
-    def _file_ok(cls, value: str) -> str:
-        return _check_file(value)
-
-
-class _CodeEdit(_FileEdit):
-    code: str = Field(min_length=1, description="Python source of one complete def or class")
-
-    @field_validator("code")
-    @classmethod
-    def _code_ok(cls, value: str) -> str:
-        return _check_code(value)
-
-
-class ReplaceFunction(_CodeEdit):
-    """Replace a function or method (decorators included) by a new definition with the same name."""
-
-    op: Literal["replace_function"]
-    target: TargetField
-
-
-class ReplaceClass(_CodeEdit):
-    """Replace a whole class by a new definition with the same name."""
-
-    op: Literal["replace_class"]
-    target: TargetField
-
-
-class AddFunction(_CodeEdit):
-    """Add a function after an anchor definition (a method if the anchor is a method), or at module end."""
-
-    op: Literal["add_function"]
-    after: TargetField | None = Field(
-        default=None, description="Qualified name of the def/class to insert after; null = end of module"
-    )
-
-
-class AddClass(_CodeEdit):
-    """Add a class after an anchor definition, or at module end."""
-
-    op: Literal["add_class"]
-    after: TargetField | None = Field(
-        default=None, description="Qualified name of the def/class to insert after; null = end of module"
-    )
-
-
-class SetValue(_FileEdit):
-    """Set the right-hand side of a module constant, class attribute or dataclass field default."""
-
-    op: Literal["set_value"]
-    target: TargetField
-    value: str = Field(min_length=1, description="Python expression source, e.g. '4' or 'field(default=0.1)'")
-
-    @field_validator("value")
-    @classmethod
-    def _value_ok(cls, value: str) -> str:
-        try:
-            ast.parse(value.strip(), mode="eval")
-        except SyntaxError as exc:
-            raise ValueError(f"value is not a Python expression: {exc.msg}") from None
-        return value
-
-
-class AddImport(_FileEdit):
-    """`import module [as alias]` when name is null, else `from module import name [as alias]`."""
-
-    op: Literal["add_import"]
-    module: str = Field(pattern=MODULE_PATTERN, description="Module, e.g. 'math', 'torch.nn' or '.layers'")
-    name: str | None = Field(default=None, pattern=IDENT_PATTERN, description="Imported name, or null")
-    alias: str | None = Field(default=None, pattern=IDENT_PATTERN, description="'as' alias, or null")
-
-
-class DeleteSymbol(_FileEdit):
-    """Delete a function, class, module constant or class attribute."""
-
-    op: Literal["delete_symbol"]
-    target: TargetField
-
-
-class SearchReplace(_FileEdit):
-    """Fallback text edit: `search` must occur exactly once (whitespace-tolerant)."""
-
-    op: Literal["search_replace"]
-    search: str = Field(min_length=1, description="Exact text to find (must match once)")
-    replace: str = Field(description="Replacement text")
-
-
-Edit = Annotated[
-    Union[
-        ReplaceFunction, ReplaceClass, AddFunction, AddClass, SetValue, AddImport, DeleteSymbol, SearchReplace
-    ],
-    Field(discriminator="op"),
-]
-
-EDIT_OPS: tuple[str, ...] = (
-    "replace_function",
-    "replace_class",
-    "add_function",
-    "add_class",
-    "set_value",
-    "add_import",
-    "delete_symbol",
-    "search_replace",
-)
 
 
 class ExpectedEffect(_Strict):

@@ -213,7 +213,7 @@ def test_interrupted_candidate_is_finished_on_resume_without_redoing_the_baselin
     # Crash point: the proposal is applied, committed and stored, the cascade never ran.
     proposal, _ = first.propose(1)
     cand = first.record.create_candidate(proposal.id)
-    from evolver.patch import apply_edits
+    from edits.engine import apply_edits
 
     apply_edits(cand.path, list(proposal.edits), first.policy)
     first.record.commit_candidate(cand, proposal)

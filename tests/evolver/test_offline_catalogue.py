@@ -25,10 +25,10 @@ TRAIN_STEPS = 4
 TRAIN_TASKS = ("sudoku4", "sudoku6")
 
 try:  # the patch engine is another part of the project; say so plainly if it is missing
-    from evolver.patch import apply_edits
-except ImportError as exc:  # pragma: no cover - only while evolver/patch.py is not there
+    from edits.engine import apply_edits
+except ImportError as exc:  # pragma: no cover - only while edits/engine.py is not there
     apply_edits = None
-    PATCH_MISSING = f"evolver.patch.apply_edits is not available yet: {exc}"
+    PATCH_MISSING = f"edits.engine.apply_edits is not available yet: {exc}"
 else:
     PATCH_MISSING = ""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evolver.paths import PathPolicy
+from edits.paths import PathPolicy
 from evolver.prompt import HistoryItem
 from evolver.repo_summary import build_repo_summary, editable_files, estimate_tokens, map_file
 

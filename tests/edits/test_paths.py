@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evolver.paths import PROTECTED_PATHS, PathPolicy, PathRejected
+from edits.paths import PROTECTED_PATHS, PathPolicy, PathRejected
 
 
 @pytest.fixture()
@@ -35,6 +35,7 @@ def test_allows_a_file_in_hrm(repo: Path) -> None:
         ("hrm\\model.py", "backslash"),
         ("", "empty"),
         ("evolver/patch.py", "protected"),
+        ("edits/engine.py", "protected"),
         ("sandbox/docker.py", "protected"),
         ("smoketests/stage.py", "protected"),
         ("proposals/schema.py", "protected"),

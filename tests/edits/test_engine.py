@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import TypeAdapter
 
-from evolver.patch import EditError, apply_edits, plan_edits, unified_diff
-from evolver.paths import PathPolicy
+from edits.engine import EditError, apply_edits, plan_edits, unified_diff
+from edits.paths import PathPolicy
 from proposals.schema import Edit
 
 EDIT = TypeAdapter(Edit)

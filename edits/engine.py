@@ -30,8 +30,7 @@ from typing import Any
 import libcst as cst
 from libcst.helpers import get_full_name_for_node
 
-from evolver.paths import DEFAULT_POLICY, PathPolicy, PathRejected
-from proposals.schema import (
+from edits.language import (
     AddClass,
     AddFunction,
     AddImport,
@@ -42,6 +41,7 @@ from proposals.schema import (
     SearchReplace,
     SetValue,
 )
+from edits.paths import DEFAULT_POLICY, PathPolicy, PathRejected
 
 
 @dataclass(frozen=True)

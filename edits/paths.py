@@ -16,6 +16,7 @@ ALLOWED_PREFIXES: tuple[str, ...] = ("hrm/",)
 
 PROTECTED_PATHS: tuple[str, ...] = (
     "evolver/",  # the engine itself
+    "edits/",  # the edit language, its interpreter and this policy
     "sandbox/",  # isolation backends
     "smoketests/",  # the trusted cascade harness
     "proposals/",  # the schema and stored proposals
