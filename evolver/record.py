@@ -434,19 +434,23 @@ class EvolutionRecord:
             note["reason"] = reason
         self.write_note(branch, note)
 
-    def run_worktree(self) -> Path:
-        """The worktree of the run branch (created on first use); never the user's work tree."""
-        path = self.run_path.resolve()
+    def _branch_worktree(self, path: Path, branch: str, what: str) -> Path:
+        """``branch`` checked out in its own worktree at ``path`` (created when missing)."""
+        path = path.resolve()
         wts = self._registered_worktrees()
-        ref = f"refs/heads/{self.run_branch}"
+        ref = f"refs/heads/{branch}"
         if wts.get(path) == ref and (path / ".git").exists():
             return path
         elsewhere = [p for p, b in wts.items() if b == ref and p != path]
         if elsewhere:
-            raise RecordError(f"run branch {self.run_branch} is checked out at {elsewhere[0]}; "
+            raise RecordError(f"{what} {branch} is checked out at {elsewhere[0]}; "
                               "the record needs it in its own worktree")
-        self._add_worktree(path, [str(path), self.run_branch])
+        self._add_worktree(path, [str(path), branch])
         return path
+
+    def run_worktree(self) -> Path:
+        """The worktree of the run branch (created on first use); never the user's work tree."""
+        return self._branch_worktree(self.run_path, self.run_branch, "run branch")
 
     def _ensure_record_branch(self) -> None:
         """Create the record branch as a root commit of its own (no common history with the code)."""
@@ -465,17 +469,7 @@ class EvolutionRecord:
     def record_worktree(self) -> Path:
         """The worktree of the record branch (created on first use, with the branch); never the user's."""
         self._ensure_record_branch()
-        path = self.record_path.resolve()
-        ref = f"refs/heads/{self.record_branch}"
-        wts = self._registered_worktrees()
-        if wts.get(path) == ref and (path / ".git").exists():
-            return path
-        elsewhere = [p for p, b in wts.items() if b == ref and p != path]
-        if elsewhere:
-            raise RecordError(f"record branch {self.record_branch} is checked out at {elsewhere[0]}; "
-                              "the record needs it in its own worktree")
-        self._add_worktree(path, [str(path), self.record_branch])
-        return path
+        return self._branch_worktree(self.record_path, self.record_branch, "record branch")
 
     def commit_record_files(self, paths: Iterable[str], message: str) -> str | None:
         """Commit files already written in the record worktree (paths relative to it); None when unchanged."""
