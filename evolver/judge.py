@@ -126,9 +126,12 @@ class CandidateJudge:
     def __init__(self, measure: MeasureSide, *, selection: SelectionRule, confirmation: ConfirmationRule,
                  control: RunErrorControl, first_seeds: list[int], side_by_side: bool = True,
                  tolerance: float = THROUGHPUT_TOLERANCE, reference_rate: float | None = None,
-                 on_pair: Callable[[SeedPair], None] | None = None, submit: SubmitSide | None = None) -> None:
+                 on_pair: Callable[[SeedPair], None] | None = None, submit: SubmitSide | None = None,
+                 on_control: Callable[[], None] | None = None, proposal_id: str | None = None) -> None:
         self.measure = measure
         self.submit = submit
+        self.on_control = on_control
+        self.proposal_id = proposal_id
         self.selection_rule = selection
         self.confirmation_rule = confirmation
         self.control = control
@@ -221,8 +224,10 @@ class CandidateJudge:
             inconclusive = "inconclusive" in decision.reason
             return Judgement("inconclusive" if inconclusive else "rejected", decision.reason, pairs, decision,
                              rule=rule_text)
-        level = self.control.next_level()
         start = CONFIRMATION_SEED_START + self.control.attempts * CONFIRMATION_SEED_BLOCK
+        level = self.control.begin(self.proposal_id)
+        if self.on_control:  # persisted before any confirmation pair runs: a stop cannot re-roll this level
+            self.on_control()
         confirm_seeds = fresh_seeds(used, self.confirmation_rule.seeds, start=start)
         gains: list[float] = []
         while len(gains) < self.confirmation_rule.seeds:

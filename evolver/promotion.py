@@ -500,8 +500,9 @@ def decide_confirmation(diffs: Sequence[float], rule: ConfirmationRule = Confirm
 class RunErrorControl:
     """Online fallback alpha spending over the run's confirmations (see the module docstring).
 
-    Call ``next_level()`` before a confirmation and ``record(passed)`` after it. Serialise with ``to_dict()``
-    and resume with ``from_dict()``.
+    Call ``begin()`` (and persist) before a confirmation and ``record(passed)`` after it; after a resume,
+    ``settle_interrupted()`` spends an attempt that began and never ended. Serialise with ``to_dict()`` and resume
+    with ``from_dict()``.
     """
 
     alpha_total: float = 0.10
@@ -511,6 +512,7 @@ class RunErrorControl:
     passes: int = 0
     carry: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    open_attempt: dict[str, Any] | None = None  # a confirmation that started and has not ended (see begin)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha_total < 1.0:
@@ -528,11 +530,33 @@ class RunErrorControl:
         """The one-sided level offered to the next confirmation."""
         return self.alpha_total * self.weight(self.attempts + 1) + (self.carry if self.recycle else 0.0)
 
-    def record(self, passed: bool, *, proposal_id: str | None = None) -> float:
+    def begin(self, proposal_id: str | None = None) -> float:
+        """Open the next confirmation (persist the control right after): if the run stops before
+        ``record``, the attempt is still spent when the run resumes (``settle_interrupted``), so stopping and
+        resuming cannot re-roll a confirmation at the same level. Returns its level."""
+        level = self.next_level()
+        self.open_attempt = {"attempt": self.attempts + 1, "level": level, "proposal_id": proposal_id}
+        return level
+
+    def settle_interrupted(self) -> dict[str, Any] | None:
+        """Count an opened, never recorded confirmation as failed (its level is spent); returns it, or None."""
+        if self.open_attempt is None:
+            return None
+        pending = dict(self.open_attempt)
+        self.record(False, proposal_id=pending.get("proposal_id"), note="interrupted before it ended")
+        return pending
+
+    def record(self, passed: bool, *, proposal_id: str | None = None, note: str | None = None) -> float:
         """Record the outcome of the confirmation that was offered ``next_level()``; returns that level."""
         level = self.next_level()
-        self.history.append({"attempt": self.attempts + 1, "level": level, "passed": bool(passed),
-                             "proposal_id": proposal_id})
+        if proposal_id is None and self.open_attempt is not None:
+            proposal_id = self.open_attempt.get("proposal_id")
+        entry: dict[str, Any] = {"attempt": self.attempts + 1, "level": level, "passed": bool(passed),
+                                 "proposal_id": proposal_id}
+        if note:
+            entry["note"] = note
+        self.history.append(entry)
+        self.open_attempt = None
         self.attempts += 1
         self.passes += int(bool(passed))
         self.carry = level if (passed and self.recycle) else 0.0
@@ -554,7 +578,8 @@ class RunErrorControl:
             raise ValueError(f"unknown run error control {kind!r}")
         return cls(alpha_total=float(data["alpha_total"]), exponent=float(data["exponent"]),
                    recycle=bool(data["recycle"]), attempts=int(data["attempts"]), passes=int(data["passes"]),
-                   carry=float(data["carry"]), history=[dict(h) for h in data.get("history", [])])
+                   carry=float(data["carry"]), history=[dict(h) for h in data.get("history", [])],
+                   open_attempt=dict(data["open_attempt"]) if data.get("open_attempt") else None)
 
     def describe(self) -> str:
         w1 = self.alpha_total * self.weight(1)

@@ -117,3 +117,42 @@ def test_side_by_side_runs_both_sides_at_once_and_matches_a_serial_judgement() -
     assert any(overlaps)
     assert concurrent.verdict == serial.verdict
     assert concurrent.to_dict()["selection_gains"] == serial.to_dict()["selection_gains"]
+
+
+class Stop(Exception):
+    """Stands for the run being killed in the middle of a confirmation."""
+
+
+def test_a_confirmation_cut_short_is_spent_on_resume_never_rerolled() -> None:
+    measure, _ = scripted(effect=0.15)
+    saved: list[dict] = []
+    control = RunErrorControl()
+
+    def dying(side: str, seed: int, phase: str) -> SideRun:
+        if phase == "confirmation":
+            raise Stop
+        return measure(side, seed, phase)
+
+    j = judge(dying, control=control, on_control=lambda: saved.append(control.to_dict()), proposal_id="p-cut")
+    try:
+        j.judge()
+    except Stop:
+        pass
+    # what the run had persisted when it died: the confirmation opened at level w_1, not yet recorded
+    assert len(saved) == 1 and saved[0]["attempts"] == 0
+    assert saved[0]["open_attempt"]["proposal_id"] == "p-cut"
+    resumed = RunErrorControl.from_dict(saved[-1])
+    first_level = resumed.next_level()
+    pending = resumed.settle_interrupted()
+    assert pending is not None and pending["level"] == first_level
+    assert resumed.attempts == 1 and resumed.passes == 0 and resumed.open_attempt is None
+    assert resumed.history[-1]["note"] == "interrupted before it ended" and resumed.history[-1]["proposal_id"] == "p-cut"
+    assert resumed.next_level() < first_level  # the re-run is offered the second level, never the first again
+    assert resumed.settle_interrupted() is None
+
+
+def test_a_finished_confirmation_closes_its_attempt() -> None:
+    control = RunErrorControl()
+    judge(scripted(effect=0.15)[0], control=control, proposal_id="p-ok").judge()
+    assert control.open_attempt is None and control.history[-1]["proposal_id"] == "p-ok"
+    assert RunErrorControl.from_dict(control.to_dict()).open_attempt is None
