@@ -9,151 +9,159 @@ run (`--resume RUN_ID`) redo only unfinished work:
    `result.json` is committed. A candidate with a stored proposal but no result is re-run on resume; one
    with a result is never redone. A merge happens before its result is stored, and resume finishes a
    merge that was interrupted between the two.
+
+This module is the loop itself: it sets up the run's context (evolver/run_context.py), checks the LLM server,
+asks for proposals, runs the cycles, finishes what an interrupted run left, and says why the run stopped.
+Measuring a parent is evolver/baseline.py's job, judging one candidate evolver/candidate.py's.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import statistics
-import subprocess
 import time
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 
-from edits.engine import EditError, apply_edits
-from edits.paths import PROTECTED_PATHS, PathPolicy, PathRejected
-from evolver.cascade import CascadeResult, StageRun, eval_time_cap, run_cascade, write_manifest
+from edits.paths import PathPolicy
+from evolver.baseline import Baseline, measure_parent, weak_baseline_warning
+from evolver.candidate import GATE_STAGES, CandidateEvaluator, CycleOutcome
 from evolver.display import LoopDisplay
-from evolver.executor import ExecutorSides, StageJob, StageOutcome, executor_kind, make_executor
-from evolver.harness_copy import harness_digest, pristine_harness
-from evolver.judge import CandidateJudge, Judgement, SeedPair
+from evolver.judge import Judgement
 from evolver.literature import literature_context
-from evolver.merge_message import merge_message, merge_trailers
 from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
 from evolver.prompt import HistoryItem
 from evolver.providers import ProviderError, get_provider
 from evolver.providers.base import Provider
-from evolver.record import EvolutionRecord, MergeConflict, RecordError
+from evolver.record import EvolutionRecord, RecordError
 from evolver.repo_summary import build_repo_summary
 from evolver.resources import check_resources
+from evolver.run_context import RunContext, StopRun, utc_now
 from evolver.settings import Settings
 from evolver.store import ProposalStore
-from evolver.verdicts import PASSED
 from proposals.schema import Proposal, proposal_json_schema
-from puzzles.splits import ensure_run_data
-from puzzles.tasks import get_task
-from sandbox import get_backend
 
-GATE_STAGES = ("safety", "smoke", "trainability")
-
-
-class StopRun(Exception):
-    """A reason to end the run cleanly (LLM unreachable without fallback, baseline broken, ...)."""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+__all__ = ["GATE_STAGES", "Baseline", "CycleOutcome", "EvolutionLoop", "StopRun"]
 
 
 def _mean(xs: list[float]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
-def _git(args: list[str], cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-@dataclass
-class Baseline:
-    commit: str
-    tree: str
-    seeds: list[int]
-    scores: list[float]
-    seconds: float
-    cached: bool = False
-    evidence: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"commit": self.commit, "tree": self.tree, "seeds": self.seeds, "scores": self.scores,
-                "seconds": self.seconds, "evidence": self.evidence}
-
-    def eval_seconds(self) -> float | None:
-        times = [float(e["eval_host_seconds"]) for e in self.evidence if e.get("eval_host_seconds")]
-        return max(times) if times else None
-
-
-@dataclass
-class CycleOutcome:
-    proposal_id: str | None
-    verdict: str
-    reason: str = ""
-    score: float | None = None
-    delta: float | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 class EvolutionLoop:
-    """One evolution run over the repository at `repo`, recorded on `evolve/<run-id>/best`."""
+    """One evolution run over the repository at `repo`, recorded on `evolve/<run-id>/best`.
+
+    The run's shared state lives in `self.ctx` (a `RunContext`); judging candidates is `self.candidates`'
+    job (a `CandidateEvaluator`). The loop's attributes of old (`settings`, `record`, `store`, `run_dir`,
+    `baseline`, `control`, `outcomes`, `data_dir()`, ...) read and, where a caller sets them, write those."""
 
     def __init__(self, repo: Path, settings: Settings, *, run_id: str | None = None,
                  display: LoopDisplay | None = None, harness_dir: Path | None = None,
                  provider: Provider | None = None) -> None:
-        self.repo = Path(repo).resolve()
-        self.settings = settings
-        self.state = settings.state_path(self.repo)
-        self.state.mkdir(parents=True, exist_ok=True)
-        self.display = display or LoopDisplay(live=False)
-        self._harness_dir = Path(harness_dir) if harness_dir is not None else None
-        self.record = EvolutionRecord(self.repo, run_id)
-        self.store = ProposalStore(self.record)
-        self.run_id = self.record.run_id
-        self.run_dir = self.state / "runs" / self.run_id
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.policy = PathPolicy(allowed=tuple(settings.allowed_paths), protected=PROTECTED_PATHS)
+        self.ctx = RunContext(repo, settings, run_id=run_id, display=display, harness_dir=harness_dir)
         self._provider = provider
         self._papers: list[Any] | None = None
-        self._backend = None
-        self._executor_kind = executor_kind(settings.executor, settings.ray_address)  # a missing Ray fails here
-        self._executor: Any = None  # made at the first judgement (evolver/executor.py)
-        self.baseline: Baseline | None = None
-        self.outcomes: list[CycleOutcome] = []
         self.stop_reason: str | None = None
-        self._save_run_settings()
-        first = max(2, len(settings.seeds))
-        self.selection_rule = SelectionRule(min_seeds=first, max_seeds=max(settings.max_seeds, first),
-                                            min_mean_gain=settings.margin)
-        self.confirmation_rule = ConfirmationRule(seeds=settings.confirm_seeds, min_mean_gain=settings.margin)
-        control = self.run_dir / "error_control.json"
-        self.control = (RunErrorControl.from_dict(json.loads(control.read_text())) if control.exists()
-                        else RunErrorControl())
+        self.candidates = CandidateEvaluator(self.ctx)  # its rules read the settings a resume kept
 
-    def _save_control(self) -> None:
-        path = self.run_dir / "error_control.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.control.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+    # ------------------------------------------------------------------ the run's context
+    @property
+    def repo(self) -> Path:
+        return self.ctx.repo
 
-    # ------------------------------------------------------------------ setup
-    def _save_run_settings(self) -> None:
-        path = self.run_dir / "run.json"
-        if path.exists() and self.record.resumed:
-            stored = json.loads(path.read_text())
-            for key in ("task", "seeds", "budget_seconds", "margin", "confidence"):
-                if key in stored.get("settings", {}) and stored["settings"][key] != getattr(self.settings, key):
-                    self.display.log(f"[yellow]resume:[/] keeping the run's {key}={stored['settings'][key]!r} "
-                                     f"(ignoring {getattr(self.settings, key)!r})")
-                    setattr(self.settings, key, stored["settings"][key])
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": self.run_id, "settings": self.settings.to_dict(),
-                                   "server": getattr(self, "server_info", None), "started": _now()},
-                                  indent=2) + "\n")
-        os.replace(tmp, path)
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    @property
+    def state(self) -> Path:
+        return self.ctx.state
+
+    @property
+    def display(self) -> LoopDisplay:
+        return self.ctx.display
+
+    @property
+    def record(self) -> EvolutionRecord:
+        return self.ctx.record
+
+    @property
+    def store(self) -> ProposalStore:
+        return self.ctx.store
+
+    @property
+    def run_id(self) -> str:
+        return self.ctx.run_id
+
+    @property
+    def run_dir(self) -> Path:
+        return self.ctx.run_dir
+
+    @property
+    def policy(self) -> PathPolicy:
+        return self.ctx.policy
+
+    @property
+    def backend(self) -> Any:
+        return self.ctx.backend
+
+    @property
+    def harness_dir(self) -> Path:
+        """The pristine read-only harness copy every stage mounts (never the engine root)."""
+        return self.ctx.harness_dir
+
+    @property
+    def data_dir(self) -> Callable[[], Path]:
+        """The run's data splits, as `loop.data_dir()`; assigning a function here replaces how every job of
+        the run finds them (a test points them at prepared data)."""
+        return self.ctx.data_dir
+
+    @data_dir.setter
+    def data_dir(self, find: Callable[[], Path]) -> None:
+        self.ctx.data_dir = find  # type: ignore[method-assign]
+
+    @property
+    def baseline(self) -> Baseline | None:
+        return self.ctx.baseline
+
+    @baseline.setter
+    def baseline(self, baseline: Baseline | None) -> None:
+        self.ctx.baseline = baseline
+
+    @property
+    def control(self) -> RunErrorControl:
+        return self.ctx.control
+
+    @control.setter
+    def control(self, control: RunErrorControl) -> None:
+        self.ctx.control = control
+
+    @property
+    def outcomes(self) -> list[CycleOutcome]:
+        return self.ctx.outcomes
+
+    @property
+    def server_info(self) -> dict[str, Any] | None:
+        return self.ctx.server_info
+
+    @property
+    def selection_rule(self) -> SelectionRule:
+        return self.candidates.selection_rule
+
+    @property
+    def confirmation_rule(self) -> ConfirmationRule:
+        return self.candidates.confirmation_rule
+
+    @property
+    def _executor(self) -> Any:
+        return self.candidates.executor
+
+    @_executor.setter
+    def _executor(self, executor: Any) -> None:
+        self.candidates.executor = executor
 
     @property
     def provider(self) -> Provider:
@@ -164,87 +172,17 @@ class EvolutionLoop:
                                           max_reply_tokens=s.max_reply_tokens, cache_dir=self.state / "llm-cache")
         return self._provider
 
-    @property
-    def backend(self) -> Any:
-        if self._backend is None:
-            self._backend = get_backend(self.settings.backend, image=self.settings.image,
-                                        warn=lambda m: self.display.log(f"[yellow]sandbox:[/] {m}"))
-        return self._backend
-
-    @property
-    def harness_dir(self) -> Path:
-        """The pristine read-only harness copy every stage mounts (never the engine root)."""
-        if self._harness_dir is None:
-            self._harness_dir = pristine_harness(self.state)
-        return self._harness_dir
-
-    def data_dir(self) -> Path:
-        """The run's train/select/final splits, built on the host by trusted code (puzzles/) from the run's
-        secret seed, which stays in the run's state directory, outside every mount."""
-        spec = get_task(self.settings.task)
-        if not (self.run_dir / "data" / "select" / "dataset.json").exists():
-            self.display.stage("data", f"building the {spec.name} splits from this run's secret seed")
-        return ensure_run_data(self.run_dir, spec)
-
-    # ------------------------------------------------------------------ measuring
-    def _hrm_tree(self, rev: str) -> str:
-        return _git(["rev-parse", f"{rev}:hrm"], self.repo)
-
-    def _baseline_key(self, tree: str) -> str:
-        s = self.settings
-        raw = json.dumps([tree, s.task, s.budget_seconds, s.seeds, s.metric, harness_digest(), self.run_id])
-        return hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-    def _cascade(self, worktree: Path, out: Path, stages: tuple[str, ...], changed: list[str],
-                 parent: str, eval_cap_s: float | None = None) -> CascadeResult:
-        s = self.settings
-        out.mkdir(parents=True, exist_ok=True)
-        # Nothing inside hrm/ is protected; edits outside it never reach a cascade (the path policy).
-        manifest = write_manifest(self.repo, parent, worktree, changed, [], out_path=out / "manifest.json")
-        result = run_cascade(
-            worktree, self.harness_dir, self.data_dir(), out,
-            task=s.task, seeds=list(s.seeds), budget_seconds=s.budget_seconds, backend=self.backend,
-            stages=stages, manifest=manifest, gpus=s.gpus, gpu_ids=self._gpu_ids(0), memory_mb=s.memory_mb, cpus=s.cpus,
-            threads=self._stage_threads(), label=self.run_id, progress=self._on_stage, eval_cap_s=eval_cap_s,
-            setup_allowance_s=s.setup_allowance_seconds,
-        )
-        result.save(out / "cascade.json")
-        return result
-
-    def _on_stage(self, stage: str, seed: int | None, status: str, run: StageRun | None) -> None:
-        where = f"seed {seed}" if seed is not None else ""
-        if status == "start":
-            expected = self.settings.budget_seconds if stage == "train" else None
-            self.display.stage(stage, where, expected)
-        elif run is not None and not run.ok:
-            self.display.log(f"[red]{stage} {where} failed:[/] {escape(run.reason)}")  # wrapped, never cut
-
+    # ------------------------------------------------------------------ the jobs
     def measure_baseline(self) -> Baseline:
-        best = self.record.best_commit()
-        tree = self._hrm_tree(best)
-        cache = self.state / "baselines" / f"{self._baseline_key(tree)}.json"
-        if cache.exists():
-            data = json.loads(cache.read_text())
-            self.baseline = Baseline(best, tree, data["seeds"], data["scores"], data["seconds"], cached=True,
-                                     evidence=list(data.get("evidence") or []))
-            return self.baseline
-        self.display.stage("baseline", f"measuring {best[:10]} on seeds {self.settings.seeds}")
-        out = self.run_dir / "baseline" / tree[:12]
-        result = self._cascade(self.record.run_worktree(), out, ("train", "evaluate"), [], best)
-        if not result.ok:
-            raise StopRun(f"the baseline itself failed at stage {result.failed_stage}: {result.reason}")
-        scores = [float(x) for x in result.scores[self.settings.metric]]
-        self.baseline = Baseline(best, tree, list(self.settings.seeds), scores, result.seconds,
-                                 evidence=result.evidence)
-        self._cache_baseline(self.baseline)
-        return self.baseline
+        """Measure (or take from the cache) the run's best commit: the parent of the next candidates."""
+        return measure_parent(self.ctx)
 
-    def _cache_baseline(self, b: Baseline) -> None:
-        cache = self.state / "baselines" / f"{self._baseline_key(b.tree)}.json"
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps(b.to_dict(), indent=2) + "\n")
-        os.replace(tmp, cache)
+    def evaluate_candidate(self, proposal: Proposal, cycle: int, info: dict[str, Any]) -> CycleOutcome:
+        """Apply, gate and judge one proposal against the current parent, and record its result."""
+        return self.candidates.evaluate(proposal, cycle, info)
+
+    def _judge(self, cand: Any, out: Path, timings: dict[str, float]) -> Judgement:
+        return self.candidates.judge(cand, out, timings)
 
     # ------------------------------------------------------------------ proposing
     def _history(self) -> list[HistoryItem]:
@@ -310,165 +248,6 @@ class EvolutionLoop:
             self.display.log(f"citations dropped (not in the run's list): {', '.join(reply.dropped_citations)}")
         return proposal, info
 
-    # ------------------------------------------------------------------ one candidate
-    def evaluate_candidate(self, proposal: Proposal, cycle: int, info: dict[str, Any]) -> CycleOutcome:
-        pid = proposal.id
-        timings: dict[str, float] = {"llm": float(info.get("llm_seconds", 0.0))}
-        result: dict[str, Any] = {"proposal_id": pid, "run_id": self.run_id, "cycle": cycle,
-                                  "title": proposal.title, "started": _now(), "provider": info,
-                                  "citations": [c.arxiv_id for c in proposal.citations]}
-        self.display.upsert({"id": pid, "cycle": cycle, "title": proposal.title, "stage": "apply",
-                             "verdict": "running"})
-        self.display.stage("apply", f"{pid}: {len(proposal.edits)} edit(s)")
-        t0 = time.monotonic()
-        cand = self.record.create_candidate(pid)
-        try:
-            applied = apply_edits(cand.path, list(proposal.edits), self.policy)
-        except (EditError, PathRejected) as exc:
-            timings["patch"] = time.monotonic() - t0
-            self.record.discard_candidate(cand)
-            self.store.save_proposal(proposal)
-            if isinstance(exc, EditError):
-                result["edit_errors"] = [e.describe() for e in exc.errors]
-            return self._finish(result, "invalid", "apply", str(exc), timings)
-        sha = self.record.commit_candidate(cand, proposal)
-        diff = self.record.diff(cand)
-        self.store.save_proposal(proposal, diff)
-        timings["patch"] = time.monotonic() - t0
-        result.update(candidate_commit=sha, parent=cand.parent, branch=cand.branch,
-                      edits=[getattr(a, "__dict__", str(a)) for a in applied])
-        return self._run_candidate(cand, proposal, result, timings)
-
-    def _run_candidate(self, cand: Any, proposal: Proposal, result: dict[str, Any],
-                       timings: dict[str, float]) -> CycleOutcome:
-        """The gates (safety, smoke, trainability) on the candidate alone, then the judgement: seed pairs
-        of parent and candidate measured side by side until the promotion rules decide."""
-        s = self.settings
-        pid = cand.proposal_id
-        assert self.baseline is not None
-        changed = sorted({e.file for e in proposal.edits})
-        out = self.run_dir / "candidates" / pid
-        gates = self._cascade(cand.path, out / "gates", GATE_STAGES, changed, cand.parent)
-        result["stages"] = gates.to_dict()["stages"]
-        for run in gates.stages:
-            timings[run.stage] = timings.get(run.stage, 0.0) + float(run.duration_s)
-        try:
-            if not gates.ok:
-                self.record.record_result(cand, f"failed:{gates.failed_stage}", reason=gates.reason)
-                return self._finish(result, "failed", gates.failed_stage, f"{gates.failed_stage}: {gates.reason}",
-                                    timings)
-            judgement = self._judge(cand, out, timings)
-            result["judgement"] = judgement.to_dict()
-            result["error_control"] = self.control.to_dict()
-            self._save_control()
-            if judgement.verdict == "failed":
-                self.record.record_result(cand, f"failed:{judgement.failed_stage}", reason=judgement.reason)
-                return self._finish(result, "failed", judgement.failed_stage, judgement.reason, timings)
-            comp = _comparison(judgement, s.metric)
-            result["comparison"] = comp
-            result["baseline"] = self.baseline.to_dict()
-            scores = {k: comp[src] for k, src in (("score", "score"), ("delta", "delta"), ("baseline", "baseline_mean"),
-                                                  ("lower_bound", "lower_bound")) if comp.get(src) is not None}
-            trailers = {"rule": judgement.rule, "reason": judgement.reason,
-                        "seeds": comp["seeds"], "confirmation-seeds": comp["confirmation_seeds"]}
-            if judgement.verdict == PASSED and s.auto_apply:
-                try:
-                    merge = self.record.merge_candidate(cand, scores, metrics=trailers,
-                                                        message=merge_message(proposal, comp, judgement, s.metric),
-                                                        trailers=merge_trailers(proposal, comp, s.metric))
-                except MergeConflict as exc:
-                    self.record.record_result(cand, "rejected", scores, reason=str(exc))
-                    return self._finish(result, "rejected", None, str(exc), timings, comp)
-                result["merge_commit"] = merge
-                self._adopt(cand, [])
-                return self._finish(result, "merged", None, judgement.reason, timings, comp)
-            if judgement.verdict == PASSED:
-                self.record.record_result(cand, "pending-review", scores, reason=judgement.reason)
-                return self._finish(result, "pending-review", None,
-                                    judgement.reason + "; run `python evolve.py review` to approve", timings, comp)
-            self.record.record_result(cand, judgement.verdict, scores, reason=judgement.reason)
-            return self._finish(result, judgement.verdict, None, judgement.reason, timings, comp)
-        finally:
-            self.record.remove_candidate(cand)
-
-    def _stage_threads(self) -> int:
-        """Torch threads per sandbox. Side by side, each sandbox gets half of --threads; the lone stages (the
-        gates, the baseline) use the same, so every measurement of a run trains under the same threads, and
-        no stage spins OpenMP threads against a busy core (2 threads beside a CPU hog on 2 cores took trainability
-        from about 20 s past its 300 s limit)."""
-        s = self.settings
-        return max(1, s.threads // 2) if s.side_by_side else s.threads
-
-    def _gpu_ids(self, slot: int) -> list[str]:
-        """One GPU per sandbox: slot 0 (the parent, and every lone stage) and slot 1 (the candidate beside
-        it) take their device from --gpu-ids in turn (default: device 0 for both)."""
-        ids = list(self.settings.gpu_ids) or ["0"]
-        return [ids[slot % len(ids)]] if self.settings.gpus else []
-
-    def _judge(self, cand: Any, out: Path, timings: dict[str, float]) -> Judgement:
-        s = self.settings
-        assert self.baseline is not None
-        eval_cap = eval_time_cap(self.baseline.eval_seconds())
-        side_by_side = bool(s.side_by_side)
-        threads = self._stage_threads()
-        cpus = max(1.0, s.cpus / 2) if side_by_side else s.cpus
-        trees = {"parent": self.record.run_worktree(), "candidate": cand.path}
-        if self._executor is None:  # local slots (the GPU ids of --gpu-ids in turn) or a Ray cluster
-            self._executor = make_executor(self._executor_kind, ray_address=s.ray_address,
-                                           workers=s.workers or (2 if side_by_side else 1), gpu_ids=s.gpu_ids,
-                                           backend=self.backend if self._executor_kind == "local" else None)
-
-        def make_job(side: str, seed: int, phase: str) -> StageJob:  # gpu_ids: the executor's slot or node
-            options = {"task": s.task, "budget_seconds": s.budget_seconds, "backend": s.backend,
-                       "stages": ["train", "evaluate"], "gpus": s.gpus, "memory_mb": s.memory_mb, "cpus": cpus,
-                       "threads": threads, "label": f"{self.run_id}-{side}", "setup_allowance_s":
-                       s.setup_allowance_seconds, "eval_cap_s": eval_cap if side == "candidate" else None}
-            return StageJob(side, seed, phase, str(trees[side]), str(self.harness_dir), str(self.data_dir()),
-                            str(out / f"{phase}-seed{seed}-{side}"), options, image=s.image)
-
-        def finish(job: StageJob, outcome: StageOutcome) -> None:
-            res = outcome.cascade()
-            if res is None:  # the executor lost the side; the judge voids its pair
-                return
-            Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-            res.save(Path(job.out_dir) / "cascade.json")
-            for run in res.stages:
-                key = run.stage if job.side == "candidate" else f"parent-{run.stage}"
-                timings[key] = timings.get(key, 0.0) + float(run.duration_s)
-
-        measure = ExecutorSides(self._executor, make_job, s.metric, finish=finish,
-                                progress=lambda side: self._on_stage if side == "candidate" else None)
-
-        def on_pair(pair: SeedPair) -> None:
-            what = "void: " + pair.void_reason if pair.void else (
-                f"parent {pair.parent:.3f} candidate {pair.candidate:.3f} gain {pair.gain:+.3f}"
-                if pair.gain is not None else "not scored")
-            self.display.log(f"{cand.proposal_id} {pair.phase} seed {pair.seed}: {what}")
-
-        judge = CandidateJudge(measure, selection=self.selection_rule, confirmation=self.confirmation_rule,
-                               control=self.control, first_seeds=list(s.seeds), side_by_side=side_by_side,
-                               tolerance=s.throughput_tolerance, on_pair=on_pair, submit=measure.submit)
-        return judge.judge()
-
-    def _adopt(self, cand: Any, scores: list[float]) -> None:
-        """A merged candidate is the new best. Its selection-time scores are biased upward by the selection,
-        so they are never its baseline: the new best is measured afresh before the next comparison."""
-        self.baseline = None
-
-    def _finish(self, result: dict[str, Any], verdict: str, failed_stage: str | None, reason: str,
-                timings: dict[str, float], comp: dict[str, Any] | None = None) -> CycleOutcome:
-        result.update(verdict=verdict, failed_stage=failed_stage, reason=reason, timings=timings,
-                      finished=_now())
-        result["non_training_share"] = _non_training_share(timings)
-        self.store.save_result(result["proposal_id"], result)
-        score = comp.get("score") if comp else None
-        delta = comp.get("delta") if comp else None
-        outcome = CycleOutcome(result["proposal_id"], verdict, reason, score, delta, timings)
-        self.display.upsert({"id": outcome.proposal_id, "stage": failed_stage or "done", "verdict": verdict,
-                             "score": score, "delta": delta, "reason": reason})
-        self.outcomes.append(outcome)
-        return outcome
-
     # ------------------------------------------------------------------ resume
     def resume_unfinished(self) -> None:
         """Finish candidates an interrupted run left: stored proposal without result."""
@@ -489,17 +268,17 @@ class EvolutionLoop:
                     note = info.note or {}
                     self.store.save_result(pid, {
                         "proposal_id": pid, "run_id": self.run_id, "title": proposal.title, "verdict": "merged",
-                        "failed_stage": None, "scores": note.get("scores", {}), "finished": _now(),
+                        "failed_stage": None, "scores": note.get("scores", {}), "finished": utc_now(),
                         "reason": "merged before an interruption; result recovered on resume",
                         "candidate_commit": info.tip, "parent": info.parent, "branch": info.branch})
                     continue
                 if info.committed:
                     cand = self.record.open_candidate(pid)
                     result = {"proposal_id": pid, "run_id": self.run_id, "cycle": len(self.store.ids()),
-                              "title": proposal.title, "started": _now(), "resumed": True,
+                              "title": proposal.title, "started": utc_now(), "resumed": True,
                               "citations": [c.arxiv_id for c in proposal.citations],
                               "candidate_commit": info.tip, "parent": info.parent, "branch": info.branch}
-                    self._run_candidate(cand, proposal, result, {})
+                    self.candidates.run_committed(cand, proposal, result, {})
                     continue
                 self.record.discard_candidate(self.record.open_candidate(pid))
             self.evaluate_candidate(proposal, len(self.store.ids()), {"resumed": True})
@@ -518,10 +297,9 @@ class EvolutionLoop:
             d.set_header(baseline=f"{statistics.fmean(self.baseline.scores):.3f}")
             d.log(f"baseline {self.baseline.commit[:10]}: {s.metric} per seed {self.baseline.scores}"
                   + (" (cached)" if self.baseline.cached else ""))
-            if s.metric == "exact_accuracy" and max(self.baseline.scores) < 0.05:
-                d.log("[yellow]warning:[/] the baseline solves almost no held-out puzzle at this budget, so exact "
-                      "accuracy can hardly tell candidates apart; raise --budget-seconds or use "
-                      "--metric token_accuracy")
+            warning = weak_baseline_warning(self.baseline, s.metric)
+            if warning:
+                d.log(warning)
             if self.record.resumed:
                 self.resume_unfinished()
             cycle = len(self.store.ids())
@@ -566,11 +344,11 @@ class EvolutionLoop:
             if not self._fall_back(exc):
                 raise StopRun(f"LLM provider {self.settings.provider}: {exc}") from exc
             info = self.provider.preflight()
-        self.server_info = info.to_dict()
+        self.ctx.server_info = info.to_dict()
         self.display.log(f"LLM: {escape(info.describe())}")
         if getattr(info, "model", None):
             self.display.set_header(model=info.model)
-        self._save_run_settings()
+        self.ctx.save_run_settings()
 
     def _fall_back(self, exc: ProviderError) -> bool:
         """Switch to the configured fallback provider when the LLM server is unreachable."""
@@ -610,7 +388,7 @@ class EvolutionLoop:
         """A reply that never became a valid proposal: every attempt's raw text and the reasons it was refused
         go to the run's failed_proposals.jsonl (listed by `history` and `proposals list`); the loop goes on."""
         reason = str(exc)
-        entry = {"id": f"cycle-{cycle}", "cycle": cycle, "time": _now(), "provider": self.settings.provider,
+        entry = {"id": f"cycle-{cycle}", "cycle": cycle, "time": utc_now(), "provider": self.settings.provider,
                  "kind": exc.kind, "reason": reason,
                  "attempts": [a.to_dict() for a in getattr(exc, "attempts", []) or []]}
         with open(self.run_dir / "failed_proposals.jsonl", "a") as f:
@@ -619,50 +397,3 @@ class EvolutionLoop:
         self.display.upsert({"id": f"cycle-{cycle}", "cycle": cycle, "stage": "propose", "verdict": "invalid",
                              "reason": reason})
         self.outcomes.append(CycleOutcome(None, "invalid", reason))
-
-
-def _comparison(judgement: Judgement, metric: str) -> dict[str, Any]:
-    """The verdict's evidence in the shape history, review and the report read: the selection pairs (seeds,
-    parent and candidate scores, gains), the confirmation pairs, the decisions and the rule."""
-    j = judgement.to_dict()
-    sel_gains = [g for g in j["selection_gains"] if g is not None]
-    cand = [c for c in j["selection_candidate"] if c is not None]
-    base = [b for b in j["selection_parent"] if b is not None]
-    decision = judgement.confirmation or judgement.selection
-    numbers = decision.numbers if decision else {}
-    return {
-        "metric": metric,
-        "verdict": judgement.verdict,
-        "reason": judgement.reason,
-        "rule": judgement.rule,
-        "seeds": j["selection_seeds"],
-        "candidate": cand,
-        "baseline": base,
-        "gains": sel_gains,
-        "confirmation_seeds": j["confirmation_seeds"],
-        "confirmation_candidate": j["confirmation_candidate"],
-        "confirmation_baseline": j["confirmation_parent"],
-        "confirmation_gains": j["confirmation_gains"],
-        "confirmation_level": judgement.confirmation_level,
-        "mean_gain": statistics.fmean(sel_gains) if sel_gains else None,
-        "score": statistics.fmean(cand) if cand else None,
-        "delta": statistics.fmean(sel_gains) if sel_gains else None,
-        "baseline_mean": statistics.fmean(base) if base else None,
-        "lower_bound": numbers.get("lower_bound"),
-        "void_pairs": sum(1 for p in judgement.pairs if p.void),
-        "throughput": [{"seed": p.seed, "phase": p.phase, "void": p.void,
-                        "parent_steps_per_second": p.parent_evidence.get("steps_per_second"),
-                        "candidate_steps_per_second": p.candidate_evidence.get("steps_per_second"),
-                        "parent_steps": p.parent_evidence.get("steps"),
-                        "candidate_steps": p.candidate_evidence.get("steps"),
-                        "load_before": p.load_before, "load_after": p.load_after} for p in judgement.pairs],
-    }
-
-
-def _non_training_share(timings: dict[str, float]) -> float | None:
-    total = sum(timings.values())
-    if not total:
-        return None
-    return 1 - sum(v for k, v in timings.items() if k in ("train", "evaluate", "parent-train",
-                                                         "parent-evaluate")) / total
-

@@ -1,0 +1,100 @@
+"""Measuring a parent: the run's best commit trained and scored on the run's seeds, its `Baseline`.
+
+A parent's scores are cached under `<state>/baselines/` by the tree of its `hrm/`, the task, the budget,
+the seeds, the metric, the harness version and the run, so a resumed run (or a parent already measured)
+is not trained again. A merged candidate is never its own baseline: the new best is measured afresh
+(see evolver/candidate.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evolver.harness_copy import harness_digest
+from evolver.run_context import RunContext, StopRun
+
+
+@dataclass
+class Baseline:
+    commit: str
+    tree: str
+    seeds: list[int]
+    scores: list[float]
+    seconds: float
+    cached: bool = False
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"commit": self.commit, "tree": self.tree, "seeds": self.seeds, "scores": self.scores,
+                "seconds": self.seconds, "evidence": self.evidence}
+
+    def eval_seconds(self) -> float | None:
+        times = [float(e["eval_host_seconds"]) for e in self.evidence if e.get("eval_host_seconds")]
+        return max(times) if times else None
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def hrm_tree(repo: Path, rev: str) -> str:
+    """The git tree of `hrm/` at `rev`: what a baseline is cached by."""
+    return _git(["rev-parse", f"{rev}:hrm"], repo)
+
+
+def baseline_key(ctx: RunContext, tree: str) -> str:
+    s = ctx.settings
+    raw = json.dumps([tree, s.task, s.budget_seconds, s.seeds, s.metric, harness_digest(), ctx.run_id])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _cache_path(ctx: RunContext, tree: str) -> Path:
+    return ctx.state / "baselines" / f"{baseline_key(ctx, tree)}.json"
+
+
+def measure_parent(ctx: RunContext) -> Baseline:
+    """The baseline of the run's best commit, from the cache or measured (train and evaluate on the run's
+    seeds); it becomes `ctx.baseline`. A parent that fails its own cascade stops the run."""
+    best = ctx.record.best_commit()
+    tree = hrm_tree(ctx.repo, best)
+    cache = _cache_path(ctx, tree)
+    if cache.exists():
+        data = json.loads(cache.read_text())
+        ctx.baseline = Baseline(best, tree, data["seeds"], data["scores"], data["seconds"], cached=True,
+                                evidence=list(data.get("evidence") or []))
+        return ctx.baseline
+    ctx.display.stage("baseline", f"measuring {best[:10]} on seeds {ctx.settings.seeds}")
+    out = ctx.run_dir / "baseline" / tree[:12]
+    result = ctx.cascade(ctx.record.run_worktree(), out, ("train", "evaluate"), [], best)
+    if not result.ok:
+        raise StopRun(f"the baseline itself failed at stage {result.failed_stage}: {result.reason}")
+    scores = [float(x) for x in result.scores[ctx.settings.metric]]
+    ctx.baseline = Baseline(best, tree, list(ctx.settings.seeds), scores, result.seconds,
+                            evidence=result.evidence)
+    cache_baseline(ctx, ctx.baseline)
+    return ctx.baseline
+
+
+def cache_baseline(ctx: RunContext, b: Baseline) -> None:
+    """Store a measured baseline under its cache key, atomically."""
+    cache = _cache_path(ctx, b.tree)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(b.to_dict(), indent=2) + "\n")
+    os.replace(tmp, cache)
+
+
+def weak_baseline_warning(baseline: Baseline, metric: str) -> str | None:
+    """The display's warning when the baseline solves almost no held-out puzzle, so exact accuracy can hardly
+    tell candidates apart; None otherwise."""
+    if metric == "exact_accuracy" and max(baseline.scores) < 0.05:
+        return ("[yellow]warning:[/] the baseline solves almost no held-out puzzle at this budget, so exact "
+                "accuracy can hardly tell candidates apart; raise --budget-seconds or use "
+                "--metric token_accuracy")
+    return None
