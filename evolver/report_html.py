@@ -41,7 +41,7 @@ MERGED_VERDICTS = frozenset({"merged", "approved", "accepted"})
 BASE_KEY = "base"
 
 # Where a seed pair's training metrics lie under the run's state directory: the loop measures each side in
-# <state>/runs/<run>/candidates/<pid>/<phase>-seed<seed>-<side>/ (evolver/loop.py), the cascade runs the train
+# <state>/runs/<run>/candidates/<pid>/<phase>-seed<seed>-<side>/ (evolver/candidate.py), the cascade runs the train
 # stage in train-seed<seed>/ (evolver/cascade.py), and the train stage trains into train/ (smoketests), where
 # hrm/train.py appends one {"type": "train", "step", "loss", ...} record per step to metrics.jsonl.
 RUNS_DIR = "runs"

@@ -45,7 +45,7 @@ def proposal_for(pid: str, title: str, parent: str) -> dict[str, Any]:
 def judged(seeds: list[int], parent: list[float], cand: list[float], confirm: list[int] | None = None,
            c_parent: list[float] | None = None, c_cand: list[float] | None = None,
            verdict: str = "merge") -> dict[str, Any]:
-    """result.json's judgement and comparison, in the shape evolver/loop.py writes them."""
+    """result.json's judgement and comparison, in the shape evolver/candidate.py writes them."""
     confirm, c_parent, c_cand = confirm or [], c_parent or [], c_cand or []
     gains = [c - p for p, c in zip(parent, cand, strict=True)]
     c_gains = [c - p for p, c in zip(c_parent, c_cand, strict=True)]
