@@ -16,7 +16,8 @@ from proposals.schema import load_proposal
 
 
 class OfflineProvider(Provider):
-    """Picks the first catalogue entry not yet tried, in an order fixed by the seed.
+    """Picks the first catalogue entry not yet tried, in an order fixed by the seed (or, with
+    ``shuffle=False``, in the catalogue's own order).
 
     An entry counts as tried when its id or its title appears in `prompt.tried`. The order is a
     seeded shuffle of the catalogue, so the same seed and history always give the same proposal.
@@ -31,6 +32,7 @@ class OfflineProvider(Provider):
         model: str | None = None,
         seed: int | None = None,
         catalogue: tuple[CatalogueEntry, ...] = CATALOGUE,
+        shuffle: bool = True,
         cache_dir: Path | str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -39,6 +41,7 @@ class OfflineProvider(Provider):
         super().__init__(model=model or "catalogue", cache_dir=cache_dir, **kwargs)
         self.seed = seed
         self.catalogue = catalogue
+        self.shuffle = shuffle
 
     def endpoint(self) -> str:
         return "built-in catalogue"
@@ -49,7 +52,8 @@ class OfflineProvider(Provider):
 
     def order(self, seed: int) -> list[CatalogueEntry]:
         entries = list(self.catalogue)
-        random.Random(seed).shuffle(entries)
+        if self.shuffle:
+            random.Random(seed).shuffle(entries)
         return entries
 
     def pick(self, prompt: Prompt) -> CatalogueEntry:

@@ -39,3 +39,17 @@ def test_tried_by_title_counts_too() -> None:
     by_title = [HistoryItem("x", first.title.upper(), "merged")]
     assert provider.propose(make_prompt(by_title)).proposal.id != first.id
     assert first.provenance.provider == "offline" and first.provenance.prompt_hash
+
+
+def test_unshuffled_provider_keeps_the_given_order() -> None:
+    from evolver.providers.offline import OfflineProvider
+
+    chosen = (CATALOGUE[3], CATALOGUE[0], CATALOGUE[5])
+    provider = OfflineProvider(catalogue=chosen, shuffle=False)
+    history: list[HistoryItem] = []
+    picked = []
+    for i in range(3):
+        proposal = provider.propose(make_prompt(history, seed=11)).proposal
+        picked.append(proposal.id)
+        history.append(HistoryItem(f"p{i}", proposal.title, "rejected", None, proposal.id))
+    assert picked == [e.id for e in chosen]
