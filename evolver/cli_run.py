@@ -74,7 +74,7 @@ def add_run_command(subparsers: Any) -> None:
                    help="local worker slots, each with its own GPU id from --gpu-ids (default 2 side by side, "
                         "1 with --serial-pairs)")
     p.add_argument("--budget-seconds", type=_positive_float, default=None,
-                   help="training budget per seed; the host kills a train stage at this plus "
+                   help="training budget per seed (default 40); the host kills a train stage at this plus "
                         "--setup-allowance seconds of its own clock")
     p.add_argument("--setup-allowance", type=_positive_float, default=None, dest="setup_allowance_seconds",
                    help="host-measured seconds a train stage may take beyond its budget (default 30)")
@@ -95,7 +95,7 @@ def add_run_command(subparsers: Any) -> None:
                         "candidate's beside it the second (default 0)")
     p.add_argument("--margin", type=float, default=None, help="minimum mean gain to merge (default 0.01)")
     p.add_argument("--metric", choices=["exact_accuracy", "token_accuracy"], default=None,
-                   help="held-out score the merge rule compares (default exact_accuracy)")
+                   help="held-out score the merge rule compares (default token_accuracy)")
     p.add_argument("--literature", choices=["auto", "snapshot", "off"], default=None)
     p.add_argument("--context-tokens", type=int, default=None,
                    help="the LLM server's context size when it does not report one (e.g. 4096)")

@@ -33,11 +33,11 @@ class Settings:
     workers: int | None = None  # local worker slots; None = 2 side by side, 1 with serial pairs
     throughput_tolerance: float = 0.25  # a pair whose parent ran this much off its median steps/s is void
     setup_allowance_seconds: float = 30.0  # host-measured seconds a train stage may take beyond its budget
-    budget_seconds: float = 75.0  # training budget per seed, set by the harness, not by candidate code
+    budget_seconds: float = 40.0  # training budget per seed, set by the harness, not by candidate code
     cycles: int = 3  # 0 = until --max-runtime or Ctrl-C
     max_runtime_seconds: float | None = None
     interval_seconds: float = 0.0  # pause between cycles
-    metric: str = "exact_accuracy"  # or "token_accuracy": a denser signal for very short budgets
+    metric: str = "token_accuracy"  # or "exact_accuracy" (needs longer budgets to leave 0: see README)
     margin: float = 0.01
     confidence: float = 0.90
     backend: str = "auto"  # auto | docker | local
