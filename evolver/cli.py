@@ -40,6 +40,7 @@ from evolver.record import (
     repo_toplevel,
 )
 from evolver.store import ProposalStore
+from evolver.verdicts import MEANING as VERDICT_MEANING
 from evolver.verdicts import MERGED
 from evolver.verdicts import style as verdict_style
 
@@ -305,9 +306,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from evolver.settings import load_settings
 
     root = repo_toplevel(args.repo)
-    runs = [args.run_id] if args.run_id else list_runs(root)
-    if args.run_id and args.run_id not in list_runs(root):
-        raise RunNotFound(f"no run {args.run_id!r} in {root}")
+    runs = list_runs(root)
+    if args.run_id:
+        if args.run_id not in runs:
+            raise RunNotFound(f"no run {args.run_id!r} in {root}")
+        runs = [args.run_id]
     state = load_settings(root).state_path(root) / "runs"
     out = _out()
     for run_id in runs:
@@ -338,7 +341,8 @@ def add_history_command(subparsers: argparse._SubParsersAction[argparse.Argument
     parser = subparsers.add_parser(
         "history", help="the candidates of a run: parent, verdict, score, delta, citations",
         description="Read from git alone (branches, trailers, notes, stored files), so it works after a crash "
-                    "or on a clone (use --fetch to get the run branches and notes from a remote first).")
+                    "or on a clone (use --fetch to get the run branches and notes from a remote first).",
+        epilog="verdicts: " + "; ".join(f"{word}: {meaning}" for word, meaning in VERDICT_MEANING.items()))
     _add_record_options(parser)
     parser.add_argument("--fetch", metavar="REMOTE", default=None,
                         help="first fetch evolve/* branches and refs/notes/evolve from REMOTE")
