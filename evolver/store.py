@@ -143,14 +143,18 @@ class ProposalStore:
     def save_refused_reply(self, entry: Mapping[str, Any]) -> str | None:
         """Store an LLM reply that never became a proposal (``entry["id"]``, e.g. ``cycle-3``: its attempts' raw
         text and the reasons each was refused) and commit it on the record branch."""
-        name = f"{check_name('reply id', str(entry['id']))}.json"
+        stem = check_name("reply id", str(entry["id"]))
+        taken = set(self.record.list_record_dir(f"{REPLIES_ROOT}/{self.run_id}"))
+        name, k = f"{stem}.json", 2
+        while name in taken:  # a resumed run can number a cycle again: never overwrite a stored reply
+            name, k = f"{stem}-{k}.json", k + 1
         rel = f"{REPLIES_ROOT}/{self.run_id}/{name}"
         atomic_write(self.record.record_worktree() / rel, _encode(entry))
         return self.record.commit_record_files([rel], f"Store refused reply {entry['id']} (run {self.run_id})")
 
     def refused_replies(self) -> list[dict[str, Any]]:
         """Every stored refused reply of the run, in cycle order."""
-        out = []
+        out: list[tuple[tuple[int, str, int], dict[str, Any]]] = []
         for name in self.record.list_record_dir(f"{REPLIES_ROOT}/{self.run_id}"):
             text = self.record.show_record_file(f"{REPLIES_ROOT}/{self.run_id}/{name}")
             if text is None:
@@ -160,5 +164,8 @@ class ProposalStore:
             except ValueError:
                 continue
             if isinstance(data, dict):
-                out.append(data)
-        return sorted(out, key=lambda d: (int(d.get("cycle") or 0), str(d.get("id"))))
+                stem = name.removesuffix(".json")
+                again = stem.removeprefix(f"{data.get('id')}-")  # "2" for the second reply stored under one id
+                order = int(again) if again != stem and again.isdigit() else 1
+                out.append(((int(data.get("cycle") or 0), str(data.get("id")), order), data))
+        return [data for _, data in sorted(out, key=lambda item: item[0])]

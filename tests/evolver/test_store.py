@@ -93,6 +93,8 @@ def test_refused_replies_are_stored_in_the_record(user_repo: Path) -> None:
         store.save_refused_reply({"id": "cycle-2", "cycle": 2, "reason": "schema", "attempts": [{"raw_text": "x"}]})
         store.save_refused_reply({"id": "cycle-1", "cycle": 1, "reason": "cut", "attempts": []})
         assert [r["id"] for r in store.refused_replies()] == ["cycle-1", "cycle-2"]
+        store.save_refused_reply({"id": "cycle-2", "cycle": 2, "reason": "again, after a resume", "attempts": []})
+        assert [r["reason"] for r in store.refused_replies() if r["id"] == "cycle-2"] == ["schema", "again, after a resume"]
         assert store.refused_replies()[1]["attempts"] == [{"raw_text": "x"}]
         assert "replies" in git(user_repo, "ls-tree", "--name-only", "evolve/run-r/record").split()
 
