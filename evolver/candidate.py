@@ -239,6 +239,7 @@ def _comparison(judgement: Judgement, metric: str) -> dict[str, Any]:
         "delta": statistics.fmean(sel_gains) if sel_gains else None,
         "baseline_mean": statistics.fmean(base) if base else None,
         "lower_bound": numbers.get("lower_bound"),
+        "level": numbers.get("level"),  # the one-sided level the deciding test used
         "void_pairs": sum(1 for p in judgement.pairs if p.void),
         "throughput": [{"seed": p.seed, "phase": p.phase, "void": p.void,
                         "parent_steps_per_second": p.parent_evidence.get("steps_per_second"),

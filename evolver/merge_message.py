@@ -63,9 +63,15 @@ def merge_message(proposal: object, comparison: Mapping[str, Any], judgement: ob
            f"  parent    {_fmt(comparison.get('baseline') or [])}\n"
            f"  candidate {_fmt(comparison.get('candidate') or [])}\n"
            f"  mean gain {_signed(_mean(comparison.get('gains') or []))}")
-    level = comparison.get("confirmation_level")
-    conf = (f"Confirmation on fresh seeds {list(comparison.get('confirmation_seeds') or [])}"
-            + (f" at one-sided alpha {float(level):.4g}" if level is not None else "") + ":\n"
+    offered, used = comparison.get("confirmation_level"), comparison.get("level")
+    where = ""
+    if used is not None:
+        where = f" at one-sided level {float(used):.4g}" + (
+            f" (the run offered {float(offered):.4g})" if offered is not None and abs(float(offered) - float(used)) > 1e-12
+            else "")
+    elif offered is not None:
+        where = f" at one-sided level {float(offered):.4g}"
+    conf = (f"Confirmation on fresh seeds {list(comparison.get('confirmation_seeds') or [])}{where}:\n"
             f"  parent    {_fmt(comparison.get('confirmation_baseline') or [])}\n"
             f"  candidate {_fmt(comparison.get('confirmation_candidate') or [])}\n"
             f"  mean gain {_signed(_mean(comparison.get('confirmation_gains') or []))}, lower bound "

@@ -92,7 +92,9 @@ def test_merge_message_carries_title_rationale_citations_numbers_and_rule() -> N
     assert "TRM shares the net" in body and max(len(line) for line in body.splitlines()) <= 100
     assert "- arXiv:2510.04871 Less is More: one net" in body
     assert "parent    0.5000, 0.5200, 0.5100" in body and "mean gain +0.0900" in body
-    assert "at one-sided alpha 0.083" in body and "lower bound +0.0310" in body
+    assert "at one-sided level 0.083:" in body and "lower bound +0.0310" in body
+    capped = merge_message(proposal, {**comparison, "level": 0.075}, {}, "exact_accuracy")
+    assert "at one-sided level 0.075 (the run offered 0.083):" in capped
     assert "parent 10.00, candidate 8.00; void pairs 1" in body  # the void pair's rates are left out
     assert "Rule: promotion: the rule text" in body and "Decision: confirmed" in body
     trailers = dict(merge_trailers(proposal, comparison, "exact_accuracy"))
