@@ -123,7 +123,9 @@ def deterministic(effect: float):  # noqa: ANN201
     def run(j: StageJob, slot: Slot, progress: object) -> StageOutcome:
         time.sleep(0.02)  # long enough for the candidate to be submitted while the parent runs
         stages = [StageRun("train", j.seed, True, "", duration_s=1.0)]
-        result = CascadeResult(True, "sudoku4", [j.seed], stages, scores={"exact_accuracy": [score(j.side, j.seed)]},
+        value = score(j.side, j.seed)  # a real cascade scores both metrics
+        result = CascadeResult(True, "sudoku4", [j.seed], stages,
+                               scores={"exact_accuracy": [value], "token_accuracy": [value]},
                                evidence=[{"seed": j.seed, "steps_per_second": 5.0, "steps": 100}])
         return StageOutcome(result.to_dict(), placement={"executor": "local", "slot": slot.index})
 
