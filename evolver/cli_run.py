@@ -71,8 +71,24 @@ def add_run_command(subparsers: Any) -> None:
                    help="the Ray head to join, host:port (default: RAY_ADDRESS); the git record and every "
                         "verdict stay on this machine")
     p.add_argument("--workers", type=_positive_int, default=None,
-                   help="local worker slots, each with its own GPU id from --gpu-ids (default 2 side by side, "
-                        "1 with --serial-pairs)")
+                   help="local worker slots, each with its own GPU id from --gpu-ids (default: what the machine "
+                        "offers: one per GPU with --gpus, else one per core at one torch thread; at least 2 side by "
+                        "side, 1 with --serial-pairs)")
+    p.add_argument("--cohort", type=_positive_int, default=None,
+                   help="candidates judged at once, proposals requested ahead while they train (default: as many "
+                        "as the workers train pairs for at once; 1 on a 2-core machine). Confirmations and merges "
+                        "keep cycle order; a winner whose parent is no longer the best is rebased and confirmed "
+                        "against the new best")
+    p.add_argument("--screen", type=int, default=None, metavar="N",
+                   help="successive halving: screen batches of N candidates with one short-budget seed pair each "
+                        "and judge only the best --screen-fraction in full (default 0: off)")
+    p.add_argument("--screen-fraction", type=float, default=None,
+                   help="the share of each screen batch judged in full (default 0.5)")
+    p.add_argument("--screen-budget", type=_positive_float, default=None, dest="screen_budget_seconds",
+                   help="the screen pair's training budget in seconds (default: a quarter of --budget-seconds)")
+    p.add_argument("--screen-audit", type=float, default=None,
+                   help="the share of screened-out candidates judged in full anyway, so the run measures what the "
+                        "screen drops (default 0.25)")
     p.add_argument("--budget-seconds", type=_positive_float, default=None,
                    help="training budget per seed (default 40); the host kills a train stage at this plus "
                         "--setup-allowance seconds of its own clock")
@@ -121,7 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "metric",
             "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
             "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids", "image",
-            "executor", "ray_address", "workers")
+            "executor", "ray_address", "workers", "cohort", "screen", "screen_fraction", "screen_budget_seconds",
+            "screen_audit")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     try:
         if executor_kind(settings.executor, settings.ray_address) == "ray":
@@ -189,6 +206,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         out = args.out or (record.root / ".hrm-evolve" / "reports" / record.run_id)
         paths = write_report(results, out, baseline, record=record)
     console = Console()
+    console.print(paths["text"].read_text(), markup=False, highlight=False)
     for name, path in paths.items():
         console.print(f"{name}: {path}")
     return 0

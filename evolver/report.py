@@ -1,5 +1,6 @@
-"""`python evolve.py report`: a JSON summary, PNG plots and a self-contained HTML page of a run, built from its
-stored results (the page: :mod:`evolver.report_html`)."""
+"""`python evolve.py report`: a JSON summary, a text summary, PNG plots and a self-contained HTML page of a run,
+built from its stored results (the page: :mod:`evolver.report_html`; the fidelity of the cheap stages:
+:mod:`evolver.fidelity`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from evolver import fidelity  # noqa: E402
 from evolver.record import EvolutionRecord  # noqa: E402
 from evolver.report_html import HTML_FILE, write_html_report  # noqa: E402
 
@@ -35,7 +37,7 @@ def summarize(results: list[dict[str, Any]], baseline: dict[str, Any] | None = N
             if best is None or score > best["score"]:
                 best = {"proposal_id": r.get("proposal_id"), "score": score}
     total_time = sum(sum(v) for v in stage_time.values())
-    training = sum(sum(v) for k, v in stage_time.items() if k in {"train", "evaluate"})
+    training = sum(sum(v) for k, v in stage_time.items() if is_training(k))
     return {
         "candidates": len(results),
         "verdicts": dict(verdicts),
@@ -45,7 +47,33 @@ def summarize(results: list[dict[str, Any]], baseline: dict[str, Any] | None = N
         "non_training_share": (1 - training / total_time) if total_time else None,
         "baseline": baseline,
         "best": best,
+        "fidelity": fidelity.assess(results),
     }
+
+
+def is_training(stage: str) -> bool:
+    """Whether a timings key is training or scoring (either side of a pair, a screen pair): the rest of a
+    cycle (the LLM, the patch, the gates) is the cost outside training."""
+    return stage.removeprefix("screen-").removeprefix("parent-") in ("train", "evaluate")
+
+
+FIDELITY_TITLE = "Fidelity of the cheap stages"
+
+
+def text_report(summary: dict[str, Any]) -> str:
+    """The summary as a few lines of plain text, ending with the fidelity of the cheap stages."""
+    best = summary.get("best") or {}
+    share = summary.get("non_training_share")
+    lines = [f"candidates: {summary.get('candidates', 0)}",
+             "verdicts: " + (", ".join(f"{k} {v}" for k, v in (summary.get("verdicts") or {}).items()) or "none"),
+             "failures by stage: " + (", ".join(f"{k} {v}" for k, v in
+                                               (summary.get("failures_by_stage") or {}).items()) or "none"),
+             "best: " + (f"{best.get('proposal_id')} (score {best['score']:.4f})" if best.get("score") is not None
+                         else "none"),
+             "time outside training: " + (f"{share:.1%}" if isinstance(share, float) else "-"),
+             "", f"{FIDELITY_TITLE} (how well each predicted the full judgement's mean gain):"]
+    lines += [f"  {line}" for line in fidelity.describe(summary.get("fidelity") or fidelity.assess([]))]
+    return "\n".join(lines) + "\n"
 
 
 def _score_points(results: list[dict[str, Any]]) -> tuple[list[int], list[float], list[str]]:
@@ -72,7 +100,8 @@ def _bar_plot(values: dict[str, float], ylabel: str, title: str, color: str, pat
 
 def write_report(results: list[dict[str, Any]], out_dir: Path, baseline: dict[str, Any] | None = None, *,
                  record: EvolutionRecord | None = None) -> dict[str, Path]:
-    """Write summary.json, three PNG plots and report.html into out_dir; return their paths.
+    """Write summary.json, report.txt, fidelity.json, three PNG plots and report.html into out_dir; return their
+    paths.
 
     ``record`` is the run's record, for the page's tree, proposals, diffs and learning curves; without it the
     page looks the run up in the repository holding out_dir, then in the working directory's."""
@@ -81,6 +110,9 @@ def write_report(results: list[dict[str, Any]], out_dir: Path, baseline: dict[st
     summary = summarize(results, baseline)
     paths = {"summary": out_dir / "summary.json"}
     paths["summary"].write_text(json.dumps({"summary": summary, "candidates": results}, indent=2, default=str) + "\n")
+    paths["text"] = out_dir / "report.txt"
+    paths["text"].write_text(text_report(summary))
+    paths["fidelity"] = fidelity.save(out_dir, summary["fidelity"])
 
     xs, ys, colors = _score_points(results)
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -28,6 +28,7 @@ from typing import Any
 
 from scipy import stats
 
+from evolver import fidelity
 from evolver.record import EvolutionRecord, RecordError, check_name, repo_toplevel
 from evolver.store import ProposalStore
 
@@ -148,6 +149,7 @@ class RunView:
     summary: dict[str, Any] | None = None
     images: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    fidelity: dict[str, Any] = field(default_factory=dict)  # evolver.fidelity.assess of the run's results
 
 
 def pairs_of(result: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -296,7 +298,8 @@ def gather(results: Sequence[Mapping[str, Any]], record: EvolutionRecord | None,
             by_id.setdefault(str(r["proposal_id"]), dict(r))
     infos: dict[str, Any] = {}
     labels: dict[str, str] = {}
-    view = RunView(run_id=None, candidates=[], summary=summary, images=dict(images or {}))
+    view = RunView(run_id=None, candidates=[], summary=summary, images=dict(images or {}),
+                   fidelity=fidelity.assess(list(by_id.values())))
     store: ProposalStore | None = None
     if record is not None:
         store = ProposalStore(record)
@@ -835,6 +838,35 @@ def summary_html(view: RunView) -> str:
     return f'<table class="kv">{body}</table>{notes}'
 
 
+FIDELITY_STAGES = {"trainability": "minus the trainability loss ratio (final / early)",
+                   "first pair": "the gain of the first non-void selection pair",
+                   "screen": "the short-budget screening pair's gain"}
+
+
+def _dropped(value: object) -> str:
+    return esc(fidelity.format_count(float(value))) if is_number(value) else num(value)  # type: ignore[arg-type]
+
+
+def fidelity_html(summary: Mapping[str, Any]) -> str:
+    """The fidelity of the cheap stages (:mod:`evolver.fidelity`): one row per stage, then its lines."""
+    stages = summary.get("stages") if isinstance(summary.get("stages"), dict) else {}
+    fraction = summary.get("keep_fraction")
+    top = f"top {num(float(fraction) * 100, '.0f')} %" if is_number(fraction) else "top fraction"
+    rows = []
+    for name, what in FIDELITY_STAGES.items():
+        e = stages.get(name) if isinstance(stages.get(name), dict) else {}
+        cut = "real kept flags" if name == "screen" else top
+        rows.append(f'<tr data-stage="{esc(name)}"><td><b>{esc(name)}</b><br><span class="empty">{esc(what)}</span>'
+                    f"</td><td>{num(e.get('candidates'), '.0f')}</td><td>{num(e.get('n'), '.0f')}</td>"
+                    f"<td>{num(e.get('spearman'), '+.3f')}</td><td>{num(e.get('p_value'), '.3g')}</td>"
+                    f"<td>{num(e.get('kept'), '.0f')} ({cut})</td><td>{_dropped(e.get('dropped_winners'))} of "
+                    f"{num(e.get('winners'), '.0f')}</td></tr>")
+    table = ('<table class="grid-table fidelity"><tr><th>cheap stage</th><th>with a value</th><th>judged (n)</th>'
+             '<th>Spearman &rho;</th><th>p</th><th>kept</th><th>winners dropped</th></tr>' + "".join(rows) + "</table>")
+    lines = "".join(f'<p class="text">{esc(line)}</p>' for line in fidelity.describe(summary))
+    return table + lines
+
+
 def legend_html() -> str:
     kinds = (("good", "merged / approved"), ("pending", "pending review"), ("bad", "rejected"),
              ("failed", "failed"), ("grey", "inconclusive / void"), ("invalid", "invalid"))
@@ -871,6 +903,11 @@ def render(view: RunView) -> str:
         f"the one stored with the verdict.</p>"
         f'<div class="box">{best_svg(rows)}{best_table(rows)}</div>'
         f'<h2 id="rule">Promotion rule</h2><div class="box">{rule_part}</div>'
+        f'<h2 id="fidelity">Fidelity of the cheap stages</h2>'
+        f"<p>How well each cheap stage ranked the candidates the way the full judgement's mean selection gain "
+        f"later did: Spearman's rank correlation over the candidates judged in full, and the winners of the full "
+        f"judgement a cut at that stage would have dropped.</p>"
+        f'<div class="box">{fidelity_html(view.fidelity)}</div>'
         f'<h2 id="candidates">Candidates</h2><p><button id="expand-all" type="button">expand all</button>'
         f'<button id="collapse-all" type="button">collapse all</button></p>{cands}'
         f'<h2 id="plots">Plots</h2><div class="plots">{plots_html(view.images)}</div>'

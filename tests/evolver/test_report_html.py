@@ -245,6 +245,10 @@ def test_report_page_in_headless_chromium(user_repo: Path) -> None:
             assert best.locator("svg.chart").is_visible()
             assert "[" in best.locator("table").inner_text()  # a confidence interval
             assert "promotion: selection:" in page.locator("#rule + div.box").inner_text()
+            fidelity = page.locator("#fidelity + p + div.box")  # two candidates judged: too few to say
+            assert fidelity.locator("table.fidelity").is_visible()
+            assert fidelity.locator("table.fidelity tr[data-stage]").count() == 3
+            assert "too few candidates were judged (2, need 3)" in fidelity.inner_text()
 
             page.evaluate("window.scrollTo(0, 0)")
             shot = artifacts_dir() / "report.png"
