@@ -58,10 +58,11 @@ def _cache_path(ctx: RunContext, tree: str) -> Path:
     return ctx.state / "baselines" / f"{baseline_key(ctx, tree)}.json"
 
 
-def measure_parent(ctx: RunContext) -> Baseline:
+def measure_parent(ctx: RunContext, best: str | None = None) -> Baseline:
     """The baseline of the run's best commit, from the cache or measured (train and evaluate on the run's
-    seeds); it becomes `ctx.baseline`. A parent that fails its own cascade stops the run."""
-    best = ctx.record.best_commit()
+    seeds, as many at once as the executor's workers allow, on a pinned copy of the commit's hrm/); it becomes
+    `ctx.baseline`. A parent that fails its own cascade stops the run."""
+    best = best or ctx.record.best_commit()
     tree = hrm_tree(ctx.repo, best)
     cache = _cache_path(ctx, tree)
     if cache.exists():
@@ -71,7 +72,8 @@ def measure_parent(ctx: RunContext) -> Baseline:
         return ctx.baseline
     ctx.display.stage("baseline", f"measuring {best[:10]} on seeds {ctx.settings.seeds}")
     out = ctx.run_dir / "baseline" / tree[:12]
-    result = ctx.cascade(ctx.record.run_worktree(), out, ("train", "evaluate"), [], best)
+    result = ctx.cascade(ctx.parent_tree(best), out, ("train", "evaluate"), [], best, side="parent",
+                         phase="baseline")
     if not result.ok:
         raise StopRun(f"the baseline itself failed at stage {result.failed_stage}: {result.reason}")
     scores = [float(x) for x in result.scores[ctx.settings.metric]]

@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import shutil
 import socket
@@ -164,6 +165,12 @@ def run_stage_job(job: StageJob, *, backend: Any = None, progress: Progress | No
     """The job on this host: the same run_cascade call the loop makes (``backend``: a resolved backend to use
     instead of the job's backend name)."""
     options = dict(job.options)
+    manifest = options.pop("manifest_data", None)
+    if manifest is not None:  # the safety manifest travels as data (a remote node has none of the driver's files)
+        path = Path(job.out_dir) / "manifest.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        options["manifest"] = path
     if backend is not None:
         options["backend"] = backend
     elif isinstance(options.get("backend", "auto"), str):
@@ -176,6 +183,9 @@ class Executor(Protocol):
     name: str
 
     def submit(self, job: StageJob, progress: Progress | None = None) -> Future[StageOutcome]: ...
+
+    def submit_group(self, jobs: list[StageJob],
+                     progress: list[Progress | None] | None = None) -> list[Future[StageOutcome]]: ...
 
     def close(self) -> None: ...
 
@@ -218,9 +228,12 @@ RunJob = Callable[[StageJob, Slot, "Progress | None"], StageOutcome]
 
 
 class LocalExecutor:
-    """Up to ``workers`` jobs at once on this host, each in its own slot. Jobs start in the order they were
-    submitted, each on the lowest free slot (so the parent of a side-by-side pair, submitted first, gets
-    slot 0 and the first GPU id, the candidate slot 1 and the second, as the loop always did)."""
+    """Up to ``workers`` jobs at once on this host, each in its own slot. Work starts in the order it was
+    submitted (first come, first served: nothing jumps the queue), each job on the lowest free slot. A
+    *group* (``submit_group``: the two sides of a seed pair) starts only when a slot is free for every one
+    of its jobs, all at once, so the sides of a pair always train beside each other, never beside another
+    candidate's job while one of them waits; its first job takes the lower slot (the parent, submitted first,
+    gets slot 0 and the first GPU id on an idle executor, the candidate slot 1 and the second)."""
 
     name = "local"
 
@@ -231,24 +244,39 @@ class LocalExecutor:
         self._backend = backend
         self._run = run or self._run_here
         self._free = list(range(workers))
-        self._pending: deque[tuple[StageJob, Progress | None, Future[StageOutcome]]] = deque()
+        self._pending: deque[list[tuple[StageJob, Progress | None, Future[StageOutcome]]]] = deque()
         self._lock = threading.Lock()
         self._host = socket.gethostname()
 
     def submit(self, job: StageJob, progress: Progress | None = None) -> Future[StageOutcome]:
-        future: Future[StageOutcome] = Future()
+        return self.submit_group([job], [progress])[0]
+
+    def submit_group(self, jobs: list[StageJob],
+                     progress: list[Progress | None] | None = None) -> list[Future[StageOutcome]]:
+        """Start ``jobs`` together, each on its own slot, once that many slots are free (see the class)."""
+        if not jobs:
+            return []
+        if len(jobs) > self.workers:
+            raise ValueError(f"a group of {len(jobs)} jobs cannot start together on {self.workers} worker slot(s)")
+        progress = list(progress or [None] * len(jobs))
+        group = [(job, prog, Future()) for job, prog in zip(jobs, progress, strict=True)]
         with self._lock:
-            self._pending.append((job, progress, future))
+            self._pending.append(group)  # type: ignore[arg-type]
             self._dispatch()
-        return future
+        return [future for _job, _prog, future in group]  # type: ignore[misc]
+
+    def queued(self) -> int:
+        """Jobs submitted and not started yet."""
+        with self._lock:
+            return sum(len(group) for group in self._pending)
 
     def _dispatch(self) -> None:  # with the lock held
-        while self._free and self._pending:
-            self._free.sort()
-            slot = self.slots[self._free.pop(0)]
-            job, progress, future = self._pending.popleft()
-            threading.Thread(target=self._work, args=(slot, job, progress, future), daemon=True,
-                             name=f"hrm-evolve-slot{slot.index}").start()
+        while self._pending and len(self._free) >= len(self._pending[0]):
+            for job, progress, future in self._pending.popleft():
+                self._free.sort()
+                slot = self.slots[self._free.pop(0)]
+                threading.Thread(target=self._work, args=(slot, job, progress, future), daemon=True,
+                                 name=f"hrm-evolve-slot{slot.index}").start()
 
     def _work(self, slot: Slot, job: StageJob, progress: Progress | None, future: Future[StageOutcome]) -> None:
         outcome: StageOutcome | None = None
@@ -539,6 +567,11 @@ class RayExecutor:
                          name=f"hrm-evolve-ray-{job.side}-{job.seed}").start()
         return future
 
+    def submit_group(self, jobs: list[StageJob],
+                     progress: list[Progress | None] | None = None) -> list[Future[StageOutcome]]:
+        progress = list(progress or [None] * len(jobs))
+        return [self.submit(job, prog) for job, prog in zip(jobs, progress, strict=True)]
+
     def _wait(self, job: StageJob, ref: Any, progress: Progress | None, future: Future[StageOutcome]) -> None:
         try:
             outcome = self._answer(job, ref)
@@ -621,15 +654,23 @@ class ExecutorSides:
         self.finish = finish
 
     def submit(self, side: str, seed: int, phase: str) -> Future[SideRun]:
-        job = self.make_job(side, seed, phase)
-        future = self.executor.submit(job, self.progress(side) if self.progress else None)
+        return self.submit_pair([side], seed, phase)[0]
 
-        def done(outcome: StageOutcome) -> SideRun:
-            if self.finish is not None:
-                self.finish(job, outcome)
-            return side_run(outcome, self.metric)
+    def submit_pair(self, sides: list[str], seed: int, phase: str) -> list[Future[SideRun]]:
+        """Start the given sides of one seed pair together (one executor group) and give futures of their
+        SideRuns, in the order of ``sides``."""
+        jobs = [self.make_job(side, seed, phase) for side in sides]
+        futures = self.executor.submit_group(jobs, [self.progress(side) if self.progress else None
+                                                    for side in sides])
 
-        return then(future, done)
+        def done(job: StageJob) -> Callable[[StageOutcome], SideRun]:
+            def finish(outcome: StageOutcome) -> SideRun:
+                if self.finish is not None:
+                    self.finish(job, outcome)
+                return side_run(outcome, self.metric)
+            return finish
+
+        return [then(future, done(job)) for job, future in zip(jobs, futures, strict=True)]
 
     def __call__(self, side: str, seed: int, phase: str) -> SideRun:
         return self.submit(side, seed, phase).result()

@@ -62,6 +62,9 @@ MeasureSide = Callable[[str, int, str], SideRun]
 """measure(side, seed, phase) with side "parent" | "candidate" and phase "selection" | "confirmation"."""
 SubmitSide = Callable[[str, int, str], "Future[SideRun]"]
 """submit(side, seed, phase): start measuring one side and return a future of its SideRun."""
+SubmitPair = Callable[[list[str], int, str], "list[Future[SideRun]]"]
+"""submit_pair(sides, seed, phase): start measuring the sides together (an executor group: both start at once,
+never one of them beside another candidate's job) and return futures of their SideRuns in that order."""
 
 
 @dataclass
@@ -121,15 +124,22 @@ def _load() -> float | None:
 
 class CandidateJudge:
     """Runs seed pairs until the promotion rules decide. ``side_by_side``: measure both sides at once,
-    through ``submit`` when given (an executor), else on two local threads calling ``measure``."""
+    through ``submit_pair`` or ``submit`` when given (an executor), else on two local threads calling
+    ``measure``. ``before_confirmation``: called once selection has passed, before the confirmation takes
+    its level (a cohort waits there for its turn); it returns True when the pairs now measure a new parent
+    (a rebased candidate), whose own throughput then becomes the reference."""
 
     def __init__(self, measure: MeasureSide, *, selection: SelectionRule, confirmation: ConfirmationRule,
                  control: RunErrorControl, first_seeds: list[int], side_by_side: bool = True,
                  tolerance: float = THROUGHPUT_TOLERANCE, reference_rate: float | None = None,
                  on_pair: Callable[[SeedPair], None] | None = None, submit: SubmitSide | None = None,
-                 on_control: Callable[[], None] | None = None, proposal_id: str | None = None) -> None:
+                 on_control: Callable[[], None] | None = None, proposal_id: str | None = None,
+                 submit_pair: SubmitPair | None = None,
+                 before_confirmation: Callable[[], bool] | None = None) -> None:
         self.measure = measure
         self.submit = submit
+        self.submit_pair = submit_pair
+        self.before_confirmation = before_confirmation
         self.on_control = on_control
         self.proposal_id = proposal_id
         self.selection_rule = selection
@@ -168,6 +178,9 @@ class CandidateJudge:
 
     def _sides(self, seed: int, phase: str) -> tuple[SideRun, SideRun]:
         """The parent's and the candidate's SideRun on ``seed``, side by side or one after the other."""
+        if self.side_by_side and self.submit_pair is not None:
+            fp, fc = self.submit_pair(["parent", "candidate"], seed, phase)
+            return fp.result(), fc.result()
         if self.side_by_side and self.submit is not None:
             fp = self.submit("parent", seed, phase)
             fc = self.submit("candidate", seed, phase)
@@ -224,6 +237,8 @@ class CandidateJudge:
             inconclusive = "inconclusive" in decision.reason
             return Judgement("inconclusive" if inconclusive else "rejected", decision.reason, pairs, decision,
                              rule=rule_text)
+        if self.before_confirmation and self.before_confirmation():
+            self.parent_rates = []  # a new parent (a cohort's rebase): its own throughput is the reference
         start = CONFIRMATION_SEED_START + self.control.attempts * CONFIRMATION_SEED_BLOCK
         level = self.control.begin(self.proposal_id)
         if self.on_control:  # persisted before any confirmation pair runs: a stop cannot re-roll this level

@@ -21,14 +21,17 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 
 from edits.paths import PathPolicy
+from evolver import fidelity
 from evolver.baseline import Baseline, measure_parent, weak_baseline_warning
 from evolver.candidate import GATE_STAGES, CandidateEvaluator, CycleOutcome
+from evolver.cohort import CycleOrder, start_in_background, wait_any
 from evolver.display import LoopDisplay
 from evolver.judge import Judgement
 from evolver.literature import literature_context
@@ -40,6 +43,7 @@ from evolver.record import EvolutionRecord, RecordError
 from evolver.repo_summary import build_repo_summary
 from evolver.resources import check_resources
 from evolver.run_context import RunContext, StopRun, utc_now
+from evolver.screening import ScreenBatches, screen_budget
 from evolver.settings import Settings
 from evolver.store import ProposalStore
 from proposals.schema import Proposal, proposal_json_schema
@@ -175,7 +179,9 @@ class EvolutionLoop:
     # ------------------------------------------------------------------ the jobs
     def measure_baseline(self) -> Baseline:
         """Measure (or take from the cache) the run's best commit: the parent of the next candidates."""
-        return measure_parent(self.ctx)
+        with self.ctx.lock:
+            best = self.record.best_commit()
+        return measure_parent(self.ctx, best)
 
     def evaluate_candidate(self, proposal: Proposal, cycle: int, info: dict[str, Any]) -> CycleOutcome:
         """Apply, gate and judge one proposal against the current parent, and record its result."""
@@ -217,12 +223,17 @@ class EvolutionLoop:
                 8, state_dir=self.state / "literature", offline=(s.literature == "snapshot"))
         return self._papers
 
-    def propose(self, cycle: int) -> tuple[Proposal, dict[str, Any]]:
+    def propose(self, cycle: int, *, parent: Baseline | None = None) -> tuple[Proposal, dict[str, Any]]:
+        """Ask the provider for the next proposal, on the run's best (its worktree), or with ``parent`` (a
+        cohort) on that commit's pinned copy, so a merge landing meanwhile changes nothing the LLM reads."""
         s = self.settings
         self.display.stage("propose", f"asking {s.provider} for a proposal")
-        worktree = self.record.run_worktree()
-        history = self._history()
-        best = _mean(self.baseline.scores) if self.baseline else None
+        with self.ctx.lock:
+            worktree = self.ctx.parent_tree(parent.commit) if parent else self.record.run_worktree()
+            history = self._history()
+            parent_commit = parent.commit if parent else self.record.best_commit()
+        base = parent or self.baseline
+        best = _mean(base.scores) if base else None
 
         def summary(budget: int) -> str:
             return build_repo_summary(worktree, policy=self.policy, budget_tokens=budget, best_score=best)
@@ -239,8 +250,9 @@ class EvolutionLoop:
                                               metric=s.metric, seed=cycle)
             reply = self.provider.propose(prompt, progress=self.display.llm_progress)
         proposal = reply.proposal
-        provenance = proposal.provenance.model_copy(update={"parent_commit": self.record.best_commit()})
-        proposal = proposal.model_copy(update={"id": self._unique_id(proposal.id), "provenance": provenance})
+        provenance = proposal.provenance.model_copy(update={"parent_commit": parent_commit})
+        with self.ctx.lock:
+            proposal = proposal.model_copy(update={"id": self._unique_id(proposal.id), "provenance": provenance})
         info = {**reply.info(), "llm_seconds": time.monotonic() - started,
                 "prompt_tokens": getattr(prompt, "prompt_tokens", None),
                 "prompt_budget": getattr(prompt, "budget_tokens", None), "trimmed": getattr(prompt, "trimmed", None)}
@@ -302,6 +314,9 @@ class EvolutionLoop:
                 d.log(warning)
             if self.record.resumed:
                 self.resume_unfinished()
+            if self.ctx.cohort_size() > 1 or self.settings.screen:
+                self._run_cohort(started)
+                return self.outcomes
             cycle = len(self.store.ids())
             done = 0
             while True:
@@ -323,8 +338,110 @@ class EvolutionLoop:
             self.stop_reason = str(exc)
         finally:
             self._tidy()
+            self._save_fidelity()
             self.record.close()
+            self.ctx.close_executor()
         return self.outcomes
+
+    def _save_fidelity(self) -> None:
+        """How well the cheap stages predicted the full judgement over the run so far (fidelity.json in the
+        run directory; the report shows it too)."""
+        try:
+            with self.ctx.lock:
+                results = [r for r in (self.store.result(pid) for pid in self.store.ids()) if r]
+            summary = fidelity.assess(results)
+            fidelity.save(self.run_dir, summary)
+        except (OSError, ValueError, RecordError) as exc:
+            self.display.log(f"[yellow]fidelity:[/] not saved: {escape(str(exc))}")
+            return
+        if summary.get("judged"):
+            self.display.log("fidelity of the cheap stages: " + "; ".join(fidelity.describe(summary)))
+
+    # ------------------------------------------------------------------ a cohort (evolver/cohort.py)
+    def _run_cohort(self, started: float) -> None:
+        """Keep up to `cohort_size()` candidates in flight until a stop reason; then let those finish. A
+        Ctrl-C does not wait: the cycles still running write nothing more (the run's lock stays taken) and
+        are re-run on resume."""
+        s = self.settings
+        size = self.ctx.cohort_size()
+        order = CycleOrder()
+        batches = (ScreenBatches(s.screen, fraction=s.screen_fraction, audit=s.screen_audit, key=self.run_id)
+                   if s.screen else None)
+        limit = max(size, s.screen or 0)  # a screen batch waits for all its members: they must all be in flight
+        inflight: dict[int, Future[Any]] = {}
+        cycle = len(self.store.ids())
+        done = 0
+        self.display.log(f"cohort: up to {size} candidates judged at once on {self.ctx.workers()} worker slot(s); "
+                         "confirmations and merges in cycle order"
+                         + (f"; screen batches of {s.screen} at {screen_budget(s):g}s, the top "
+                            f"{s.screen_fraction:g} judged in full" if batches else ""))
+        try:
+            while True:
+                while self.stop_reason is None and len(inflight) < limit:
+                    reason = self._stop_reason(done, started)
+                    if reason:
+                        self.stop_reason = reason
+                        break
+                    cycle += 1
+                    done += 1
+                    self.display.set_header(cycle=f"{done}/{s.cycles or 'inf'}")
+                    future = self._start_cycle(cycle, order, batches)
+                    if future is not None:
+                        inflight[cycle] = future
+                    if s.interval_seconds > 0:
+                        time.sleep(s.interval_seconds)
+                if self.stop_reason is not None and batches is not None:
+                    batches.close_open()  # no one else joins: the last batch is ranked with what it has
+                if not inflight:
+                    return
+                for finished in wait_any(inflight):
+                    self._collect(inflight.pop(finished))
+        except BaseException:
+            self.ctx.lock.acquire()  # never released: the cycles still in flight record nothing half-way
+            raise
+
+    def _start_cycle(self, cycle: int, order: CycleOrder, batches: ScreenBatches | None = None) -> Future[Any] | None:
+        """Propose on the best (measured first when it is new) and start judging the candidate in the
+        background; None when no candidate came of it (a refused reply, an invalid patch, a stop)."""
+        with self.ctx.lock:
+            best = self.record.best_commit()
+        parent = self.baseline
+        if parent is None or parent.commit != best:
+            parent = self.measure_baseline()
+        try:
+            proposal, info = self.propose(cycle, parent=parent)
+        except ProviderError as exc:
+            if exc.kind in ("unreachable", "config", "cache_miss"):
+                self.stop_reason = f"LLM provider {self.settings.provider}: {exc}"
+                return None
+            with self.ctx.lock:
+                self._record_failed_proposal(cycle, exc)
+            return None
+        try:
+            with self.ctx.lock:
+                prepared = self.candidates.prepare(proposal, cycle, info, parent=parent.commit)
+        except RecordError as exc:
+            self.display.log(f"[red]record error for {proposal.id}:[/] {exc}")
+            self.outcomes.append(CycleOutcome(proposal.id, "failed", str(exc)))
+            return None
+        if isinstance(prepared, CycleOutcome):
+            return None
+        cand, result, timings = prepared
+        screen = None
+        if batches is not None:
+            batches.join(cycle)
+            screen = (batches, cycle)
+        return start_in_background(cycle, order, lambda turn: self.candidates.run_committed(
+            cand, proposal, result, timings, baseline=parent, turn=turn, screen=screen))
+
+    def _collect(self, future: Future[Any]) -> None:
+        """A finished cycle of the cohort: its outcome is already recorded; a record error is logged."""
+        try:
+            future.result()
+        except RecordError as exc:
+            self.display.log(f"[red]record error:[/] {exc}")
+            with self.ctx.lock:
+                self.outcomes.append(CycleOutcome(None, "failed", str(exc)))
 
     def _tidy(self) -> None:
         """Remove the run's worktrees (candidates, best, record) when it stops, however it stops: everything is

@@ -378,6 +378,30 @@ class EvolutionRecord:
              stdin=msg, env=self._env)
         return _git(["rev-parse", "HEAD"], candidate.path).stdout.strip()
 
+    def rebase_candidate(self, candidate: Candidate, onto: str | None = None) -> Candidate:
+        """Replay the candidate's commit on ``onto`` (default: the current best), in its worktree: for a
+        candidate selected against a parent that is no longer the best. The rewritten commit's ``Parent``
+        trailer names the new parent and a ``Rebased-From`` trailer the commit it was. Raises
+        :class:`MergeConflict` (after ``rebase --abort``, the branch as it was) when the change does not
+        apply there."""
+        onto_sha = self._rev(onto) if onto else self.best_commit()
+        if onto_sha == candidate.parent:
+            return candidate
+        old_tip = self._rev(candidate.branch)
+        proc = _git(["rebase", "--quiet", "--no-verify", "--onto", onto_sha, candidate.parent], candidate.path,
+                    env=self._env, check=False)
+        if proc.returncode != 0:
+            _git(["rebase", "--abort"], candidate.path, check=False)
+            raise MergeConflict(f"candidate {candidate.proposal_id} does not rebase onto {onto_sha[:10]}: "
+                                f"{(proc.stdout + proc.stderr).strip()[-2000:]}")
+        message = _git(["log", "-1", "--format=%B"], candidate.path).stdout.rstrip("\n")
+        lines = [f"Parent: {onto_sha}" if line == f"Parent: {candidate.parent}" else line
+                 for line in message.split("\n")]
+        lines.append(f"Rebased-From: {old_tip}")
+        _git(["commit", "--quiet", "--amend", "--no-verify", "--cleanup=whitespace", "-F", "-"], candidate.path,
+             stdin="\n".join(lines) + "\n", env=self._env)
+        return Candidate(candidate.run_id, candidate.proposal_id, candidate.branch, candidate.path, onto_sha)
+
     def diff(self, candidate: Candidate | str) -> str:
         """The unified diff of a candidate (a :class:`Candidate` or a proposal id) against its parent."""
         if isinstance(candidate, Candidate):

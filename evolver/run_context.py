@@ -12,8 +12,15 @@ Nothing here imports the loop; the loop sets the context up and hands it to the 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
+import subprocess
+import tarfile
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 from rich.markup import escape
 
 from edits.paths import PROTECTED_PATHS, PathPolicy
-from evolver.cascade import CascadeResult, StageRun, run_cascade, write_manifest
+from evolver.cascade import PER_SEED_STAGES, CascadeResult, StageRun, write_manifest
 from evolver.display import LoopDisplay
-from evolver.executor import executor_kind
+from evolver.executor import StageJob, StageOutcome, executor_kind, make_executor
 from evolver.harness_copy import pristine_harness
 from evolver.promotion import RunErrorControl
 from evolver.record import EvolutionRecord
@@ -68,7 +75,11 @@ class RunContext:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.policy = PathPolicy(allowed=tuple(settings.allowed_paths), protected=PROTECTED_PATHS)
         self._backend: Any = None
+        self.lock = threading.RLock()
+        """One writer at a time on the git record, the store and the run's files (a cohort judges candidates on
+        several threads)."""
         self.executor_kind = executor_kind(settings.executor, settings.ray_address)  # a missing Ray fails here
+        self._executor: Any = None
         self.baseline: Baseline | None = None
         self.outcomes: list[CycleOutcome] = []
         self.server_info: dict[str, Any] | None = None  # the LLM server's, once the loop's preflight ran
@@ -132,6 +143,93 @@ class RunContext:
             self.display.stage("data", f"building the {spec.name} splits from this run's secret seed")
         return ensure_run_data(self.run_dir, spec)
 
+    @property
+    def executor(self) -> Any:
+        """Where every training job of the run goes (the baseline's seeds, the gates, the seed pairs): local
+        worker slots (`workers()` of them, the GPU ids of --gpu-ids in turn) or a Ray cluster; made at first use."""
+        if self._executor is None:
+            s = self.settings
+            self._executor = make_executor(self.executor_kind, ray_address=s.ray_address, workers=self.workers(),
+                                           gpu_ids=s.gpu_ids,
+                                           backend=self.backend if self.executor_kind == "local" else None)
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor: Any) -> None:
+        self._executor = executor
+
+    def close_executor(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    def workers(self) -> int:
+        """Local worker slots: --workers, or what the machine offers: one per GPU (--gpus), else one per
+        `stage_threads()` cores (one per core at one thread); at least the two sides of a pair side by side."""
+        s = self.settings
+        if s.workers:
+            return int(s.workers)
+        least = 2 if s.side_by_side else 1
+        if s.gpus:
+            return max(least, len(s.gpu_ids))
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        return max(least, cores // self.stage_threads())
+
+    def cohort_size(self) -> int:
+        """Candidates judged at once: --cohort, or as many as the workers can train pairs for at once (one on
+        a 2-core machine: the serial loop)."""
+        s = self.settings
+        if s.cohort:
+            return int(s.cohort)
+        per_pair = 2 if s.side_by_side else 1
+        return max(1, self.workers() // per_pair) if self.executor_kind == "local" else max(1, self.workers() // 2)
+
+    def parent_tree(self, commit: str) -> Path:
+        """A read-only copy of ``commit``'s hrm/ (under the run directory), what a parent's jobs train: pinned,
+        so a merge into the run branch while they run changes nothing under them."""
+        root = self.run_dir / "trees" / commit[:16]
+        if (root / ".complete").exists():
+            return root
+        with self.lock:
+            if (root / ".complete").exists():
+                return root
+            tmp = root.with_name(root.name + ".tmp")
+            if tmp.exists():
+                _remove_tree(tmp)
+            tmp.mkdir(parents=True)
+            blob = subprocess.run(["git", "archive", "--format=tar", commit, "hrm"], cwd=self.repo, check=True,
+                                  capture_output=True).stdout
+            with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+                tar.extractall(tmp, filter="data")
+            (tmp / ".complete").write_text(commit + "\n")
+            if root.exists():
+                _remove_tree(root)
+            os.replace(tmp, root)
+        return root
+
+    def stage_job(self, tree: Path, out: Path, stages: Sequence[str], seed: int, *, side: str, phase: str,
+                  manifest: dict[str, Any] | None = None, eval_cap_s: float | None = None,
+                  cpus: float | None = None) -> StageJob:
+        """One job of the run's cascade: ``stages`` of ``tree`` on ``seed``, with the run's task, budget,
+        sandbox and limits."""
+        s = self.settings
+        options: dict[str, Any] = {
+            "task": s.task, "budget_seconds": s.budget_seconds, "backend": s.backend, "stages": list(stages),
+            "gpus": s.gpus, "memory_mb": s.memory_mb, "cpus": s.cpus if cpus is None else cpus,
+            "threads": self.stage_threads(), "label": f"{self.run_id}-{side}",
+            "setup_allowance_s": s.setup_allowance_seconds, "eval_cap_s": eval_cap_s}
+        if manifest is not None:
+            options["manifest_data"] = manifest
+        return StageJob(side, int(seed), phase, str(tree), str(self.harness_dir), str(self.data_dir()), str(out),
+                        options, image=s.image)
+
+    def submit_job(self, job: StageJob, *, show: bool = True) -> Future[StageOutcome]:
+        """Submit one job to the run's executor (its stages show on the display when ``show``)."""
+        return self.executor.submit(job, self.on_stage if show else None)
+
     def stage_threads(self) -> int:
         """Torch threads per sandbox. Side by side, each sandbox gets half of --threads; the lone stages (the
         gates, the baseline) use the same, so every measurement of a run trains under the same threads, and
@@ -148,19 +246,22 @@ class RunContext:
 
     # ------------------------------------------------------------------ a lone cascade
     def cascade(self, worktree: Path, out: Path, stages: tuple[str, ...], changed: list[str],
-                parent: str, eval_cap_s: float | None = None) -> CascadeResult:
-        """Run `stages` of the cascade on one tree (the baseline, a candidate's gates) and save cascade.json."""
+                parent: str, eval_cap_s: float | None = None, *, side: str = "candidate",
+                phase: str = "gates") -> CascadeResult:
+        """Run `stages` of the cascade on one tree (the baseline, a candidate's gates) through the run's
+        executor, and save cascade.json. Per-seed stages run one job per seed of the run (at once, as the
+        workers allow, each in out/seed<seed>/); the gates are one job on the first seed."""
         s = self.settings
         out.mkdir(parents=True, exist_ok=True)
-        # Nothing inside hrm/ is protected; edits outside it never reach a cascade (the path policy).
-        manifest = write_manifest(self.repo, parent, worktree, changed, [], out_path=out / "manifest.json")
-        result = run_cascade(
-            worktree, self.harness_dir, self.data_dir(), out,
-            task=s.task, seeds=list(s.seeds), budget_seconds=s.budget_seconds, backend=self.backend,
-            stages=stages, manifest=manifest, gpus=s.gpus, gpu_ids=self.gpu_ids(0), memory_mb=s.memory_mb, cpus=s.cpus,
-            threads=self.stage_threads(), label=self.run_id, progress=self.on_stage, eval_cap_s=eval_cap_s,
-            setup_allowance_s=s.setup_allowance_seconds,
-        )
+        manifest = None
+        if "safety" in stages:  # nothing inside hrm/ is protected; edits outside it never reach a cascade
+            path = write_manifest(self.repo, parent, worktree, changed, [], out_path=out / "manifest.json")
+            manifest = json.loads(path.read_text())
+        seeds = list(s.seeds) if any(st in PER_SEED_STAGES for st in stages) else list(s.seeds[:1])
+        jobs = [self.stage_job(worktree, out / f"seed{seed}" if len(seeds) > 1 else out, stages, seed, side=side,
+                               phase=phase, manifest=manifest, eval_cap_s=eval_cap_s) for seed in seeds]
+        outcomes = [f.result() for f in [self.submit_job(job) for job in jobs]]
+        result = combine_results(outcomes, s.task, seeds)
         result.save(out / "cascade.json")
         return result
 
@@ -172,3 +273,35 @@ class RunContext:
             self.display.stage(stage, where, expected)
         elif run is not None and not run.ok:
             self.display.log(f"[red]{stage} {where} failed:[/] {escape(run.reason)}")  # wrapped, never cut
+
+
+def combine_results(outcomes: Sequence[StageOutcome], task: str, seeds: Sequence[int]) -> CascadeResult:
+    """One CascadeResult from the jobs of one cascade (one per seed, in seed order): its stages, scores and
+    evidence in order; failed at the first job that failed (an executor failure is a failed "executor" stage)."""
+    combined = CascadeResult(ok=True, task=task, seeds=list(seeds), stages=[])
+    for seed, outcome in zip(seeds, outcomes, strict=True):
+        res = outcome.cascade()
+        if res is None:
+            combined.stages.append(StageRun("executor", int(seed), False, outcome.error or "executor: no result"))
+            if combined.ok:
+                combined.ok, combined.failed_stage, combined.failed_seed = False, "executor", int(seed)
+                combined.reason = outcome.error or "executor: no result"
+            continue
+        combined.stages += res.stages
+        combined.seconds += res.seconds
+        combined.evidence += res.evidence
+        for metric, values in res.scores.items():
+            combined.scores.setdefault(metric, []).extend(values)
+        if not combined.backend:
+            combined.backend, combined.isolation, combined.missing = res.backend, res.isolation, res.missing
+            combined.task_spec, combined.heldout_split = res.task_spec, res.heldout_split
+        if not res.ok and combined.ok:
+            combined.ok, combined.failed_stage, combined.failed_seed = False, res.failed_stage, res.failed_seed
+            combined.reason = res.reason
+    return combined
+
+
+def _remove_tree(path: Path) -> None:
+    for dirpath, _dirs, _files in os.walk(path):
+        os.chmod(dirpath, 0o755)
+    shutil.rmtree(path)

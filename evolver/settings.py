@@ -30,7 +30,12 @@ class Settings:
     side_by_side: bool = True  # train parent and candidate of a pair at the same time, half the machine each
     executor: str = "auto"  # local | ray | auto (ray when ray_address or RAY_ADDRESS is set): evolver/executor.py
     ray_address: str | None = None  # the Ray head, host:port (default: RAY_ADDRESS)
-    workers: int | None = None  # local worker slots; None = 2 side by side, 1 with serial pairs
+    workers: int | None = None  # local worker slots; None = one per GPU, or per core at one thread (>= 2 side by side)
+    cohort: int | None = None  # candidates judged at once; None = as many as the workers train pairs for at once
+    screen: int = 0  # successive halving: screen batches of this many candidates at a short budget (0 = off)
+    screen_fraction: float = 0.5  # the share of each screen batch judged in full
+    screen_budget_seconds: float | None = None  # the screen pair's training budget; None = budget_seconds / 4
+    screen_audit: float = 0.25  # the share of screened-out candidates judged in full anyway, to measure the screen
     throughput_tolerance: float = 0.25  # a pair whose parent ran this much off its median steps/s is void
     setup_allowance_seconds: float = 30.0  # host-measured seconds a train stage may take beyond its budget
     budget_seconds: float = 40.0  # training budget per seed, set by the harness, not by candidate code
@@ -64,8 +69,8 @@ class Settings:
 
 # Fields whose default is None, by the type a value takes.
 OPTIONAL_TYPES: dict[str, type] = {"max_runtime_seconds": float, "context_tokens": int, "max_reply_tokens": int,
-                                   "workers": int}
-POSITIVE = ("context_tokens", "max_reply_tokens", "llm_timeout", "workers")
+                                   "workers": int, "cohort": int, "screen_budget_seconds": float}
+POSITIVE = ("context_tokens", "max_reply_tokens", "llm_timeout", "workers", "cohort")
 NON_NEGATIVE = ("llm_retries",)
 
 

@@ -13,6 +13,7 @@ VOID = "void"
 FAILED = "failed"
 INVALID = "invalid"
 CONFLICT = "conflict"
+SCREENED_OUT = "screened-out"
 
 PASSED = "passed"
 """Not a candidate verdict: the judgement of a candidate that passed selection and confirmation. It then merges
@@ -29,6 +30,7 @@ MEANING: dict[str, str] = {
     FAILED: "a gate or a training/eval stage failed (failed:<stage> in notes)",
     INVALID: "the reply or its edits could not become a candidate (schema, edit target, path policy)",
     CONFLICT: "approved in review but no longer merges into the best branch",
+    SCREENED_OUT: "ranked below the kept fraction of its batch by the short-budget screen (--screen); not judged",
 }
 
 STYLE: dict[str, str] = {
@@ -41,6 +43,7 @@ STYLE: dict[str, str] = {
     FAILED: "red",
     INVALID: "magenta",
     CONFLICT: "red",
+    SCREENED_OUT: "grey50",
     "running": "cyan",
     "pending": "yellow",
 }

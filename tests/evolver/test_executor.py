@@ -279,15 +279,20 @@ def test_the_loop_judges_through_its_executor_and_records_where_each_side_ran(us
             return outcome
 
         loop._executor = LocalExecutor(2, gpu_ids=settings.gpu_ids, run=recording)
-        cand = SimpleNamespace(path=tmp_path / "cand", proposal_id="p1")
+        head = loop.record.best_commit()
+        cand = SimpleNamespace(path=tmp_path / "cand", proposal_id="p1", parent=head)
         timings: dict[str, float] = {}
         judgement = loop._judge(cand, tmp_path / "out", timings)
         worktree = str(loop.record.run_worktree())
+        pinned = loop.ctx.parent_tree(head)
     finally:
         loop.record.close()
     assert judgement.pairs and judgement.verdict not in ("failed", "void"), judgement.reason
     by_side = {side: [j for j in jobs if j.side == side] for side in ("parent", "candidate")}
-    assert {j.tree for j in by_side["parent"]} == {worktree}
+    # the parent's jobs train a pinned copy of the commit the candidate branched from, not the run's worktree
+    # (which a merge may change under them)
+    assert {j.tree for j in by_side["parent"]} == {str(pinned)} and str(pinned) != worktree
+    assert (pinned / "hrm").is_dir() and (pinned / ".complete").read_text().strip() == head
     assert {j.tree for j in by_side["candidate"]} == {str(tmp_path / "cand")}
     for j in jobs:
         assert j.data_dir == str(tmp_path / "data") and j.options["backend"] == "local" and j.options["gpus"]
