@@ -24,6 +24,7 @@ from edits.engine import EditError, apply_edits
 from edits.paths import PathRejected
 from evolver.baseline import Baseline
 from evolver.cascade import eval_time_cap
+from evolver.early_stop import EarlyStopRule
 from evolver.executor import ExecutorSides, StageJob, StageOutcome
 from evolver.judge import EXECUTOR_STAGE, CandidateJudge, Judgement, SeedPair
 from evolver.merge_message import merge_message, merge_trailers
@@ -263,6 +264,10 @@ class CandidateEvaluator:
         ctx = self.ctx
         s = ctx.settings
         result["judgement"] = judgement.to_dict()
+        stops = [{"seed": p.seed, "phase": p.phase, **p.candidate_evidence["early_stop"]} for p in judgement.pairs
+                 if isinstance(p.candidate_evidence.get("early_stop"), dict)]
+        if stops:
+            result["early_stop"] = stops
         result["error_control"] = ctx.control.to_dict()
         ctx.save_control()
         if judgement.verdict == "failed":
@@ -336,8 +341,11 @@ class CandidateEvaluator:
                 key = run.stage if job.side == "candidate" else f"parent-{run.stage}"
                 timings[key] = timings.get(key, 0.0) + float(run.duration_s)
 
+        rule = (EarlyStopRule(margin=s.early_stop_margin, audit=s.early_stop_audit) if s.early_stop and side_by_side
+                else None)
         measure = ExecutorSides(self.executor, make_job, s.metric, finish=finish,
-                                progress=lambda side: ctx.on_stage if side == "candidate" else None)
+                                progress=lambda side: ctx.on_stage if side == "candidate" else None,
+                                early_stop=rule, key=f"{ctx.run_id}:{cand.proposal_id}")
 
         def confirm_hook() -> bool:
             assert before_confirmation is not None

@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,9 @@ from sandbox.readback import UnsafeOutput, audit_tree, copy_out, read_array, rea
 
 ALL_STAGES: tuple[str, ...] = ("safety", "smoke", "trainability", "train", "evaluate")
 PER_SEED_STAGES = ("train", "evaluate")
+EARLY_STOP = "early-stop"
+"""The failed_stage of a train stage the host stopped early (its learning curve was clearly below its
+parent's): a rejection, never a failure of the candidate's code (evolver/judge.py has the same name)."""
 DEFAULT_TIMEOUTS: dict[str, float] = {"safety": 60.0, "smoke": 180.0, "trainability": 300.0, "evaluate": 600.0}
 SETUP_ALLOWANCE_S = 30.0
 """Host-measured seconds a train stage may spend beyond its budget: interpreter and torch start-up, data
@@ -288,6 +292,7 @@ def run_cascade(
     heldout_split: str = "select",
     setup_allowance_s: float = SETUP_ALLOWANCE_S,
     eval_cap_s: float | None = None,
+    stop: threading.Event | None = None,
 ) -> CascadeResult:
     """Run the requested stages in order (train + evaluate per seed), stopping at the first failure.
 
@@ -373,7 +378,7 @@ def run_cascade(
         spec = SandboxSpec(
             command=command, mounts=mounts, output_dir=stage_out, env=dict(env), workdir="/out",
             timeout_s=float(limits[stage]), memory_mb=memory_mb, cpus=cpus, gpus=gpus, gpu_ids=list(gpu_ids),
-            label=f"{label or 'cascade'}-{name}",
+            label=f"{label or 'cascade'}-{name}", stop=stop if stage == "train" else None,
         )
         if progress:
             progress(stage, seed, "start", None)
@@ -382,6 +387,9 @@ def run_cascade(
             result.isolation, result.missing = list(outcome.isolation), list(outcome.missing)
         run = _judge(stage, seed, outcome, stage_out, float(limits[stage]),
                      budget_seconds=float(budget_seconds) if stage == "train" else None)
+        if outcome.stopped:  # the host's learning-curve early stop (evolver/early_stop.py), not a failure
+            run.ok = False
+            run.reason = f"stopped early by the host after {outcome.duration_s:.1f}s: {getattr(stop, 'reason', '')}"
         if run.ok and gpus and stage in ("smoke", "trainability"):
             device = str(run.metrics.get("device", ""))
             if not device.startswith("cuda"):
@@ -430,7 +438,8 @@ def run_cascade(
         if progress:
             progress(stage, seed, "ok" if run.ok else "failed", run)
         if not run.ok:
-            result.ok, result.failed_stage, result.failed_seed, result.reason = False, stage, seed, run.reason
+            failed = EARLY_STOP if outcome.stopped else stage
+            result.ok, result.failed_stage, result.failed_seed, result.reason = False, failed, seed, run.reason
             break
     result.evidence = [evidence[s] for s in sorted(evidence)]
     result.seconds = time.perf_counter() - started

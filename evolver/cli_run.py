@@ -89,6 +89,14 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--screen-audit", type=float, default=None,
                    help="the share of screened-out candidates judged in full anyway, so the run measures what the "
                         "screen drops (default 0.25)")
+    p.add_argument("--early-stop", action="store_true", default=None,
+                   help="stop a candidate whose training accuracy is clearly below its parent's at the same "
+                        "elapsed time, past half the budget (local worker slots; it can only reject)")
+    p.add_argument("--early-stop-margin", type=_positive_float, default=None,
+                   help="how far below the parent's training accuracy stops a candidate (default 0.15)")
+    p.add_argument("--early-stop-audit", type=float, default=None,
+                   help="the share of early stops only recorded, not enforced, to measure what they cost "
+                        "(default 0.25)")
     p.add_argument("--budget-seconds", type=_positive_float, default=None,
                    help="training budget per seed (default 40); the host kills a train stage at this plus "
                         "--setup-allowance seconds of its own clock")
@@ -138,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
             "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids", "image",
             "executor", "ray_address", "workers", "cohort", "screen", "screen_fraction", "screen_budget_seconds",
-            "screen_audit")
+            "screen_audit", "early_stop", "early_stop_margin", "early_stop_audit")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     try:
         if executor_kind(settings.executor, settings.ray_address) == "ray":

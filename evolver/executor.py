@@ -52,6 +52,7 @@ from evolver.cascade import (
     StageRun,
     run_cascade,
 )
+from evolver.early_stop import EarlyStopRule, HostStop, PairWatch, enforced
 from evolver.judge import EXECUTOR_STAGE, SideRun
 from sandbox import DEFAULT_IMAGE, get_backend
 
@@ -161,9 +162,10 @@ def then(future: Future[T], fn: Callable[[T], U]) -> Future[U]:
     return out
 
 
-def run_stage_job(job: StageJob, *, backend: Any = None, progress: Progress | None = None) -> CascadeResult:
+def run_stage_job(job: StageJob, *, backend: Any = None, progress: Progress | None = None,
+                  stop: threading.Event | None = None) -> CascadeResult:
     """The job on this host: the same run_cascade call the loop makes (``backend``: a resolved backend to use
-    instead of the job's backend name)."""
+    instead of the job's backend name; ``stop``: the host's early stop of its train stage)."""
     options = dict(job.options)
     manifest = options.pop("manifest_data", None)
     if manifest is not None:  # the safety manifest travels as data (a remote node has none of the driver's files)
@@ -176,7 +178,7 @@ def run_stage_job(job: StageJob, *, backend: Any = None, progress: Progress | No
     elif isinstance(options.get("backend", "auto"), str):
         options["backend"] = get_backend(options.get("backend", "auto"), image=job.image)
     return run_cascade(Path(job.tree), Path(job.harness_dir), Path(job.data_dir), Path(job.out_dir),
-                       seeds=[int(job.seed)], progress=progress, **options)
+                       seeds=[int(job.seed)], progress=progress, stop=stop, **options)
 
 
 class Executor(Protocol):
@@ -244,6 +246,8 @@ class LocalExecutor:
         self._backend = backend
         self._run = run or self._run_here
         self._free = list(range(workers))
+        self.stop_events: dict[str, threading.Event] = {}
+        """A job's early-stop event by its out_dir (evolver/early_stop.py), registered before it is submitted."""
         self._pending: deque[list[tuple[StageJob, Progress | None, Future[StageOutcome]]]] = deque()
         self._lock = threading.Lock()
         self._host = socket.gethostname()
@@ -299,7 +303,7 @@ class LocalExecutor:
             future.set_result(outcome)  # type: ignore[arg-type]
 
     def _run_here(self, job: StageJob, slot: Slot, progress: Progress | None) -> StageOutcome:
-        result = run_stage_job(job, backend=self._backend, progress=progress)
+        result = run_stage_job(job, backend=self._backend, progress=progress, stop=self.stop_events.pop(job.out_dir, None))
         placement = {"executor": self.name, "hostname": self._host, "slot": slot.index,
                      "gpu_ids": list(job.options.get("gpu_ids") or [])}
         return StageOutcome(result.to_dict(), placement=placement)
@@ -646,12 +650,15 @@ class ExecutorSides:
 
     def __init__(self, executor: Executor, make_job: Callable[[str, int, str], StageJob], metric: str, *,
                  progress: Callable[[str], Progress | None] | None = None,
-                 finish: Callable[[StageJob, StageOutcome], None] | None = None) -> None:
+                 finish: Callable[[StageJob, StageOutcome], None] | None = None,
+                 early_stop: EarlyStopRule | None = None, key: str = "") -> None:
         self.executor = executor
         self.make_job = make_job
         self.metric = metric
         self.progress = progress
         self.finish = finish
+        self.early_stop = early_stop if hasattr(executor, "stop_events") else None  # local slots only
+        self.key = key
 
     def submit(self, side: str, seed: int, phase: str) -> Future[SideRun]:
         return self.submit_pair([side], seed, phase)[0]
@@ -660,17 +667,48 @@ class ExecutorSides:
         """Start the given sides of one seed pair together (one executor group) and give futures of their
         SideRuns, in the order of ``sides``."""
         jobs = [self.make_job(side, seed, phase) for side in sides]
+        watch = self._watch(jobs, sides, seed, phase)
         futures = self.executor.submit_group(jobs, [self.progress(side) if self.progress else None
                                                     for side in sides])
+        if watch is not None:
+            pending = [len(futures)]
+            lock = threading.Lock()
+
+            def one_done(_f: Future[StageOutcome]) -> None:
+                with lock:
+                    pending[0] -= 1
+                    if pending[0] == 0:
+                        watch.finish()
+
+            for future in futures:
+                future.add_done_callback(one_done)
 
         def done(job: StageJob) -> Callable[[StageOutcome], SideRun]:
             def finish(outcome: StageOutcome) -> SideRun:
                 if self.finish is not None:
                     self.finish(job, outcome)
-                return side_run(outcome, self.metric)
+                run = side_run(outcome, self.metric)
+                if watch is not None and job.side == "candidate" and watch.decision is not None:
+                    run.evidence["early_stop"] = dict(watch.decision)
+                return run
             return finish
 
         return [then(future, done(job)) for job, future in zip(jobs, futures, strict=True)]
+
+    def _watch(self, jobs: list[StageJob], sides: list[str], seed: int, phase: str) -> PairWatch | None:
+        """With the early stop on and both sides of a pair here, a watch of their curves (started), whose
+        stop event the candidate's job gets."""
+        if self.early_stop is None or sorted(sides) != ["candidate", "parent"]:
+            return None
+        by_side = dict(zip(sides, jobs, strict=True))
+        stop, parent_stop = HostStop(), HostStop()
+        self.executor.stop_events[by_side["candidate"].out_dir] = stop  # type: ignore[attr-defined]
+        self.executor.stop_events[by_side["parent"].out_dir] = parent_stop  # type: ignore[attr-defined]
+        budget = float(by_side["candidate"].options.get("budget_seconds", 0.0))
+        return PairWatch(Path(by_side["parent"].out_dir) / f"train-seed{seed}",
+                         Path(by_side["candidate"].out_dir) / f"train-seed{seed}", budget, self.early_stop, stop,
+                         enforce=enforced(f"{self.key}:{phase}:{seed}", self.early_stop),
+                         parent_stop=parent_stop).start()
 
     def __call__(self, side: str, seed: int, phase: str) -> SideRun:
         return self.submit(side, seed, phase).result()

@@ -187,7 +187,22 @@ def assess(results: Sequence[Mapping[str, Any]], keep_fraction: float = DEFAULT_
     screens = [_dict(r.get("screen")) for r in rows if isinstance(r.get("screen"), Mapping)]
     out["screen"] = {"screened": len(screens), "kept": sum(1 for s in screens if s.get("kept") is True),
                      "audited": sum(1 for s in screens if s.get("kept") is False and s.get("audited") is True)}
+    out["early_stop"] = early_stop_counts(rows)
     return out
+
+
+def early_stop_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """The learning-curve early stop (evolver/early_stop.py): candidates it stopped, candidates whose stop was
+    only recorded (the audit: they trained on), and the winners among those, i.e. the winners it would have
+    rejected."""
+    def stops(r: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        value = r.get("early_stop")
+        return [s for s in value if isinstance(s, Mapping)] if isinstance(value, list) else []
+
+    stopped = [r for r in rows if any(s.get("enforced") is True for s in stops(r))]
+    recorded = [r for r in rows if stops(r) and not any(s.get("enforced") is True for s in stops(r))]
+    return {"stopped": len(stopped), "recorded": len(recorded),
+            "recorded_winners": sum(1 for r in recorded if is_winner(r))}
 
 
 def save(run_dir: Path, summary: Mapping[str, Any]) -> Path:
@@ -239,4 +254,9 @@ def describe(summary: Mapping[str, Any]) -> list[str]:
         entry = _dict(stages.get(name))
         if entry.get("candidates") or (name == "screen" and screen.get("screened")):
             lines.append(stage_line(name, entry, fraction, screen))
+    early = _dict(summary.get("early_stop"))
+    if early.get("stopped") or early.get("recorded"):
+        lines.append(f"early stop: stopped {early.get('stopped', 0)} candidate(s); {early.get('recorded', 0)} "
+                     f"stop(s) only recorded (the audit), of which {early.get('recorded_winners', 0)} went on to "
+                     "win: the winners it would have rejected")
     return lines

@@ -38,6 +38,8 @@ from evolver.verdicts import PASSED
 
 THROUGHPUT_TOLERANCE = 0.25
 MAX_VOID_PAIRS = 3
+EARLY_STOP = "early-stop"
+"""The failed_stage of a candidate side the host stopped early (evolver/early_stop.py): the judge rejects it."""
 EXECUTOR_STAGE = "executor"
 """The failed_stage of a side that its executor could not run (node lost, no answer): nobody's fault."""
 CONFIRMATION_SEED_START = 100_000
@@ -279,6 +281,9 @@ class CandidateJudge:
                  selection: Decision | None = None) -> Judgement | None:
         if EXECUTOR_STAGE in (cand.failed_stage, parent.failed_stage):
             return None  # a lost side voids its pair (see _pair), it fails nothing
+        if not cand.ok and cand.failed_stage == EARLY_STOP:  # the host stopped it: a rejection, not a failure
+            return Judgement("rejected", f"{pair.phase} seed {pair.seed}: {cand.reason}", pairs, selection,
+                             failed_seed=pair.seed, rule=rule_text)
         if not cand.ok:
             return Judgement("failed", f"{cand.failed_stage} (seed {pair.seed}): {cand.reason}", pairs, selection,
                              failed_stage=cand.failed_stage, failed_seed=pair.seed, rule=rule_text)

@@ -304,6 +304,9 @@ class EvolutionLoop:
                      budget=f"{s.budget_seconds:g}s")
         try:
             self._preflight()
+            if s.early_stop and self.ctx.executor_kind != "local":
+                d.log("[yellow]early stop:[/] it reads the curves of local worker slots only; it is off with "
+                      f"--executor {self.ctx.executor_kind}")
             self.measure_baseline()
             assert self.baseline is not None
             d.set_header(baseline=f"{statistics.fmean(self.baseline.scores):.3f}")

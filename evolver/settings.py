@@ -36,6 +36,9 @@ class Settings:
     screen_fraction: float = 0.5  # the share of each screen batch judged in full
     screen_budget_seconds: float | None = None  # the screen pair's training budget; None = budget_seconds / 4
     screen_audit: float = 0.25  # the share of screened-out candidates judged in full anyway, to measure the screen
+    early_stop: bool = False  # stop a candidate whose learning curve is clearly below its parent's (local slots)
+    early_stop_margin: float = 0.15  # ... by more than this training-batch token accuracy, past half the budget
+    early_stop_audit: float = 0.25  # the share of early stops only recorded, to measure what they cost
     throughput_tolerance: float = 0.25  # a pair whose parent ran this much off its median steps/s is void
     setup_allowance_seconds: float = 30.0  # host-measured seconds a train stage may take beyond its budget
     budget_seconds: float = 40.0  # training budget per seed, set by the harness, not by candidate code

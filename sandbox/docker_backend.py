@@ -193,7 +193,7 @@ class DockerBackend:
                 except docker.errors.APIError:
                     pass  # already stopped
 
-            with OutputQuota(spec.output_dir, spec.disk_mb, kill) as quota:
+            with OutputQuota(spec.output_dir, spec.disk_mb, kill, stop=spec.stop) as quota:
                 try:
                     status = container.wait(timeout=spec.timeout_s)
                     exit_code = int(status.get("StatusCode", -1))
@@ -206,6 +206,7 @@ class DockerBackend:
                     except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
                         exit_code = None
                 quota_msg = quota.exceeded
+                stopped = quota.stopped
             t_cmd1 = time.monotonic()
             container.reload()
             state = container.attrs.get("State", {})
@@ -229,4 +230,5 @@ class DockerBackend:
         return finished_result(spec, self.name, exit_code=exit_code, timed_out=timed_out, oom=oom,
                                oom_note=f"killed by the {spec.memory_mb} MiB memory limit (OOM)",
                                quota_msg=quota_msg, log=log, command_s=t_cmd1 - t_cmd0,
-                               total_s=time.monotonic() - t_begin, isolation=isolation, missing=[])
+                               total_s=time.monotonic() - t_begin, isolation=isolation, missing=[],
+                               stopped=stopped)

@@ -95,12 +95,15 @@ class OutputQuota:
     what a process can write in one poll interval.
     """
 
-    def __init__(self, root: Path, limit_mb: int, on_exceed: Callable[[str], None], interval_s: float = 0.25):
+    def __init__(self, root: Path, limit_mb: int, on_exceed: Callable[[str], None], interval_s: float = 0.25,
+                 stop: threading.Event | None = None):
         self.root = Path(root)
         self.limit = limit_mb * 1024 * 1024
         self.on_exceed = on_exceed
         self.interval_s = interval_s
         self.exceeded: str | None = None
+        self.stop = stop
+        self.stopped = False  # the host's stop event was set: on_exceed("stopped by the host") was called
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="sandbox-output-quota", daemon=True)
 
@@ -114,6 +117,10 @@ class OutputQuota:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
+            if self.stop is not None and self.stop.is_set():
+                self.stopped = True
+                self.on_exceed("stopped by the host")
+                return
             used, entries = tree_usage(self.root)
             if used > self.limit or entries > MAX_OUTPUT_ENTRIES:
                 self.exceeded = (f"output dir over its cap: {used // (1024 * 1024)} MiB / "

@@ -539,7 +539,7 @@ class LocalBackend:
                 except ProcessLookupError:
                     pass
 
-            with OutputQuota(spec.output_dir, spec.disk_mb, kill) as quota:
+            with OutputQuota(spec.output_dir, spec.disk_mb, kill, stop=spec.stop) as quota:
                 try:
                     proc.wait(timeout=spec.timeout_s)
                 except subprocess.TimeoutExpired:
@@ -550,6 +550,7 @@ class LocalBackend:
                     except subprocess.TimeoutExpired:
                         pass
                 quota_msg = quota.exceeded
+                stopped = quota.stopped
             t_cmd1 = time.monotonic()
             kill("cleanup")  # anything left in the process group (bwrap's pid namespace dies with it)
             if proc.returncode is not None:
@@ -565,4 +566,5 @@ class LocalBackend:
         return finished_result(spec, self.name, exit_code=exit_code, timed_out=timed_out, oom=oom,
                                oom_note=f"out of memory under RLIMIT_AS {spec.memory_mb} MiB",
                                quota_msg=quota_msg, log=log, command_s=t_cmd1 - t_cmd0,
-                               total_s=time.monotonic() - t_begin, isolation=isolation, missing=missing)
+                               total_s=time.monotonic() - t_begin, isolation=isolation, missing=missing,
+                               stopped=stopped)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,9 @@ class SandboxSpec:
     gpus: bool = False
     gpu_ids: list[str] = field(default_factory=list)  # with gpus: only these devices (empty: all of them)
     label: str = ""
+    stop: threading.Event | None = field(default=None, compare=False, repr=False)
+    """Set by the host to end the run now (a learning-curve early stop); the run is killed like a timeout and
+    its result says ``stopped``."""
 
     def validate(self) -> None:
         if not self.command:
@@ -71,10 +75,12 @@ class SandboxResult:
     isolation: list[str]
     missing: list[str]
     error: str | None = None
+    stopped: bool = False  # ended by the host's stop event (SandboxSpec.stop), not by the program or a limit
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.timed_out and not self.oom_killed and self.exit_code == 0
+        return (self.error is None and not self.timed_out and not self.oom_killed and not self.stopped
+                and self.exit_code == 0)
 
 
 class Backend(Protocol):
@@ -91,8 +97,10 @@ def tail_lines(text: str, n: int = LOG_TAIL_LINES) -> str:
 
 def finished_result(spec: SandboxSpec, backend: str, *, exit_code: int | None, timed_out: bool, oom: bool,
                     oom_note: str, quota_msg: str | None, log: str, command_s: float, total_s: float,
-                    isolation: list[str], missing: list[str]) -> SandboxResult:
+                    isolation: list[str], missing: list[str], stopped: bool = False) -> SandboxResult:
     """The result of a run that started: the log tail annotated with why the host stopped it, if it did."""
+    if stopped:
+        log = tail_lines(f"{log}\n[sandbox] stopped by the host")
     if timed_out:
         log = tail_lines(f"{log}\n[sandbox] killed after the {spec.timeout_s:g}s wall clock")
     if quota_msg:
@@ -101,5 +109,5 @@ def finished_result(spec: SandboxSpec, backend: str, *, exit_code: int | None, t
         log = tail_lines(f"{log}\n[sandbox] {oom_note}")
     return SandboxResult(exit_code=exit_code, timed_out=timed_out, oom_killed=oom, duration_s=command_s,
                          overhead_s=max(0.0, total_s - command_s), log_tail=log, backend=backend,
-                         isolation=isolation, missing=missing, error=None)
+                         isolation=isolation, missing=missing, error=None, stopped=stopped)
 

@@ -230,3 +230,16 @@ def test_text_and_html_reports_show_the_section(tmp_path: Path) -> None:
     few = write_html_report(tmp_path / "few.html", RUN_RESULTS[:2]).read_text()
     assert "too few candidates were judged (2, need 3)" in few
     assert "too few candidates were judged" in text_report(summarize(RUN_RESULTS[:1]))
+
+
+def test_the_early_stop_counts_its_stops_and_the_winners_its_audit_saw() -> None:
+    from evolver.fidelity import assess, describe
+
+    rows = [{"verdict": "rejected", "early_stop": [{"enforced": True, "gap": 0.3}]},
+            {"verdict": "merged", "early_stop": [{"enforced": False, "gap": 0.2}]},
+            {"verdict": "rejected", "early_stop": [{"enforced": False, "gap": 0.2}]},
+            {"verdict": "merged"}, {"verdict": "rejected", "early_stop": "garbage"}]
+    summary = assess(rows)
+    assert summary["early_stop"] == {"stopped": 1, "recorded": 2, "recorded_winners": 1}
+    assert any(line.startswith("early stop: stopped 1 candidate(s); 2 stop(s)") for line in describe(summary))
+    assert not any(line.startswith("early stop") for line in describe(assess([{"verdict": "merged"}])))
