@@ -231,3 +231,37 @@ def test_interrupted_candidate_is_finished_on_resume_without_redoing_the_baselin
     assert result is not None and result["verdict"] in ("inconclusive", "rejected")  # 2 pairs at 3 s: no merge
     assert [s["stage"] for s in result["stages"]][:2] == ["safety", "smoke"]
     assert second.store.ids() == [proposal.id]  # nothing redone, nothing new started
+
+
+def test_the_main_command_screens_a_batch_for_real_and_records_the_screen(repo: Path) -> None:
+    """--screen 2 with real training: both candidates train a short screen pair on the batch's seed at the
+    --screen-budget, the better one is judged, the other screened out (no audit); the report shows it."""
+    cmd = [sys.executable, str(EVOLVE), "--repo", str(repo), "--provider", "offline", "--cycles", "2",
+           "--auto-apply", "--budget-seconds", "4", "--seeds", "0,1", "--backend", "local", "--literature", "off",
+           "--max-seeds", "2", "--confirm-seeds", "2", "--throughput-tolerance", "10", "--screen", "2",
+           "--screen-budget", "2", "--screen-audit", "0"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                          timeout=1400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_id = next(b for b in _git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/evolve/").split()
+                  if b.endswith("/best")).split("/")[1]
+    record = f"evolve/{run_id}/record"
+    pids = _git(repo, "ls-tree", "--name-only", f"{record}:proposals/{run_id}").split()
+    results = {pid: json.loads(_git(repo, "show", f"{record}:proposals/{run_id}/{pid}/result.json")) for pid in pids}
+    screened = {pid: r["screen"] for pid, r in results.items() if r.get("screen")}
+    if len(screened) < 2:  # a candidate that failed its gates takes no place in the batch
+        assert all(r["verdict"] == "failed" for pid, r in results.items() if pid not in screened), results
+        pytest.skip("a catalogue entry failed its gates; the batch had one member")
+    assert {s["seed"] for s in screened.values()} == {200_000}
+    assert {s["budget_seconds"] for s in screened.values()} == {2.0}
+    assert sorted(s["rank"] for s in screened.values() if s["rank"] is not None) in ([1, 2], [1])
+    kept = [pid for pid, s in screened.items() if s["kept"]]
+    dropped = [pid for pid, s in screened.items() if not s["kept"]]
+    assert len(kept) == 1 and len(dropped) == 1
+    assert results[dropped[0]]["verdict"] == "screened-out" and "judgement" not in results[dropped[0]]
+    assert results[kept[0]].get("judgement") or results[kept[0]]["verdict"] == "failed"
+    fid = json.loads((repo / ".hrm-evolve" / "runs" / run_id / "fidelity.json").read_text())
+    assert fid["screen"]["screened"] == 2 and fid["screen"]["kept"] == 1
+    hist = subprocess.run([sys.executable, str(EVOLVE), "history", "--repo", str(repo), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert hist.returncode == 0 and "screened-out" in hist.stdout, hist.stdout + hist.stderr
