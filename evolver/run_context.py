@@ -4,7 +4,7 @@ Measuring a parent (evolver/baseline.py), judging one candidate (evolver/candida
 (evolver/loop.py) all work on one `RunContext`: the repository and settings, the state and run directories,
 the git record and its proposal store, the display, the sandbox backend (made when first needed), the pristine
 harness copy, the run's data splits, the run's error control, the current parent's baseline and the outcomes
-so far. It also makes the run's decisions every stage shares (torch threads per sandbox, the GPU of a slot,
+so far. It also makes the run's decisions every stage shares (torch threads per sandbox, the worker slots,
 where stage jobs run) and runs a lone cascade on a tree with the display's stage progress.
 
 Nothing here imports the loop; the loop sets the context up and hands it to the jobs.
@@ -237,12 +237,6 @@ class RunContext:
         from about 20 s past its 300 s limit)."""
         s = self.settings
         return max(1, s.threads // 2) if s.side_by_side else s.threads
-
-    def gpu_ids(self, slot: int) -> list[str]:
-        """One GPU per sandbox: slot 0 (the parent, and every lone stage) and slot 1 (the candidate beside
-        it) take their device from --gpu-ids in turn (default: device 0 for both)."""
-        ids = list(self.settings.gpu_ids) or ["0"]
-        return [ids[slot % len(ids)]] if self.settings.gpus else []
 
     # ------------------------------------------------------------------ a lone cascade
     def cascade(self, worktree: Path, out: Path, stages: tuple[str, ...], changed: list[str],
