@@ -87,9 +87,10 @@ def cache_baseline(ctx: RunContext, b: Baseline) -> None:
     """Store a measured baseline under its cache key, atomically."""
     cache = _cache_path(ctx, b.tree)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(b.to_dict(), indent=2) + "\n")
-    os.replace(tmp, cache)
+    with ctx.lock:  # a cohort's cycles may measure parents from their own threads
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(b.to_dict(), indent=2) + "\n")
+        os.replace(tmp, cache)
 
 
 def weak_baseline_warning(baseline: Baseline, metric: str) -> str | None:

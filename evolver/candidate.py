@@ -25,13 +25,14 @@ from edits.paths import PathRejected
 from evolver.baseline import Baseline
 from evolver.cascade import eval_time_cap
 from evolver.early_stop import EarlyStopRule
-from evolver.executor import ExecutorSides, StageJob, StageOutcome
+from evolver.executor import ExecutorSides
 from evolver.judge import EXECUTOR_STAGE, CandidateJudge, Judgement, SeedPair
 from evolver.merge_message import merge_message, merge_trailers
 from evolver.promotion import ConfirmationRule, SelectionRule
 from evolver.record import MergeConflict
 from evolver.run_context import RunContext, utc_now
 from evolver.screening import ScreenBatches, screen_budget
+from evolver.stage_job import StageJob, StageOutcome
 from evolver.verdicts import PASSED, SCREENED_OUT
 from proposals.schema import Proposal
 
@@ -169,13 +170,12 @@ class CandidateEvaluator:
         seed = batches.seed(cycle)
         budget = screen_budget(s)
         side_by_side = bool(s.side_by_side)
-        cpus = max(1.0, s.cpus / 2) if side_by_side else s.cpus
         eval_cap = eval_time_cap(baseline.eval_seconds())
 
         def make_job(side: str, seed: int, phase: str) -> StageJob:
             tree = cand.path if side == "candidate" else ctx.parent_tree(cand.parent)
             job = ctx.stage_job(tree, out / f"screen-seed{seed}-{side}", ["train", "evaluate"], seed, side=side,
-                                phase="screen", cpus=cpus, eval_cap_s=eval_cap if side == "candidate" else None)
+                                phase="screen", eval_cap_s=eval_cap if side == "candidate" else None)
             job.options["budget_seconds"] = budget
             return job
 
@@ -319,7 +319,6 @@ class CandidateEvaluator:
         assert baseline is not None
         eval_cap = eval_time_cap(baseline.eval_seconds())
         side_by_side = bool(s.side_by_side)
-        cpus = max(1.0, s.cpus / 2) if side_by_side else s.cpus
         current = {"candidate": cand}
 
         def tree(side: str) -> Path:
@@ -328,7 +327,7 @@ class CandidateEvaluator:
 
         def make_job(side: str, seed: int, phase: str) -> StageJob:  # gpu_ids: the executor's slot or node
             return ctx.stage_job(tree(side), out / f"{phase}-seed{seed}-{side}", ["train", "evaluate"], seed,
-                                 side=side, phase=phase, cpus=cpus,
+                                 side=side, phase=phase,
                                  eval_cap_s=eval_cap if side == "candidate" else None)
 
         def finish(job: StageJob, outcome: StageOutcome) -> None:

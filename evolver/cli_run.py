@@ -135,8 +135,9 @@ def add_run_command(subparsers: Any) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from evolver.display import LoopDisplay
-    from evolver.executor import check_ray_address, executor_kind
+    from evolver.executor import executor_kind
     from evolver.loop import EvolutionLoop
+    from evolver.ray_executor import check_ray_address
     from evolver.settings import load_settings
 
     console = Console()

@@ -304,6 +304,7 @@ class EvolutionLoop:
                      budget=f"{s.budget_seconds:g}s")
         try:
             self._preflight()
+            self.ctx.check_cluster()
             if s.early_stop and self.ctx.executor_kind != "local":
                 d.log("[yellow]early stop:[/] it reads the curves of local worker slots only; it is off with "
                       f"--executor {self.ctx.executor_kind}")

@@ -30,11 +30,12 @@ from rich.markup import escape
 from edits.paths import PROTECTED_PATHS, PathPolicy
 from evolver.cascade import PER_SEED_STAGES, CascadeResult, StageRun, write_manifest
 from evolver.display import LoopDisplay
-from evolver.executor import StageJob, StageOutcome, executor_kind, make_executor
+from evolver.executor import executor_kind, make_executor
 from evolver.harness_copy import pristine_harness
 from evolver.promotion import RunErrorControl
 from evolver.record import EvolutionRecord
 from evolver.settings import Settings
+from evolver.stage_job import StageJob, StageOutcome
 from evolver.store import ProposalStore
 from puzzles.splits import ensure_run_data
 from puzzles.tasks import get_task
@@ -113,11 +114,13 @@ class RunContext:
         os.replace(tmp, path)
 
     def save_control(self) -> None:
-        """Write the run's error control (error_control.json), atomically."""
+        """Write the run's error control (error_control.json), atomically; the cycles of a cohort call it
+        from their own threads, so one writes at a time."""
         path = self.run_dir / "error_control.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.control.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        with self.lock:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.control.to_dict(), indent=2) + "\n")
+            os.replace(tmp, path)
 
     # ------------------------------------------------------------------ what every stage runs on
     @property
@@ -185,7 +188,32 @@ class RunContext:
         if s.cohort:
             return int(s.cohort)
         per_pair = 2 if s.side_by_side else 1
-        return max(1, self.workers() // per_pair) if self.executor_kind == "local" else max(1, self.workers() // 2)
+        if self.executor_kind == "local":
+            return max(1, self.workers() // per_pair)
+        return max(1, self.pairs_at_once())
+
+    def pairs_at_once(self) -> int:
+        """On a Ray cluster: how many seed pairs its alive nodes can train at the same time, each pair on one
+        node (side by side), or how many lone sides (--serial-pairs)."""
+        s = self.settings
+        if not hasattr(self.executor, "groups_at_once"):  # an executor that cannot tell
+            return max(1, self.workers() // (2 if s.side_by_side else 1))
+        probe = StageJob("parent", 0, "probe", "", "", "", "", {
+            "cpus": self.sandbox_cpus(), "threads": self.stage_threads(), "gpus": s.gpus})
+        return int(self.executor.groups_at_once([self.executor.bundle(probe)] * (2 if s.side_by_side else 1)))
+
+    def check_cluster(self) -> None:
+        """Stop the run before the baseline when no node of the Ray cluster can train a seed pair (both sides
+        on one node); a local executor always can."""
+        if self.executor_kind == "local" or self.pairs_at_once() > 0:
+            return
+        s = self.settings
+        what = (f"two sandboxes of {self.sandbox_cpus():g} CPU" + (" and 1 GPU" if s.gpus else "") + " each"
+                if s.side_by_side else f"one sandbox of {self.sandbox_cpus():g} CPU" + (" and 1 GPU" if s.gpus else ""))
+        raise StopRun(f"no node of the Ray cluster has room for a seed pair ({what}, on one node); nodes: "
+                      + "; ".join(", ".join(f"{v:g} {k}" for k, v in sorted(n.items()) if k in ("CPU", "GPU"))
+                                  for n in self.executor.node_resources())
+                      + ". Start the nodes with more CPUs (ray start --num-cpus), lower --cpus, or use --serial-pairs")
 
     def parent_tree(self, commit: str) -> Path:
         """A read-only copy of ``commit``'s hrm/ (under the run directory), what a parent's jobs train: pinned,
@@ -218,7 +246,7 @@ class RunContext:
         s = self.settings
         options: dict[str, Any] = {
             "task": s.task, "budget_seconds": s.budget_seconds, "backend": s.backend, "stages": list(stages),
-            "gpus": s.gpus, "memory_mb": s.memory_mb, "cpus": s.cpus if cpus is None else cpus,
+            "gpus": s.gpus, "memory_mb": s.memory_mb, "cpus": self.sandbox_cpus() if cpus is None else cpus,
             "threads": self.stage_threads(), "label": f"{self.run_id}-{side}",
             "setup_allowance_s": s.setup_allowance_seconds, "eval_cap_s": eval_cap_s}
         if manifest is not None:
@@ -229,6 +257,14 @@ class RunContext:
     def submit_job(self, job: StageJob, *, show: bool = True) -> Future[StageOutcome]:
         """Submit one job to the run's executor (its stages show on the display when ``show``)."""
         return self.executor.submit(job, self.on_stage if show else None)
+
+    def sandbox_cpus(self) -> float:
+        """CPUs per sandbox: half of --cpus (at least one) side by side, else all of it. Every job of a run
+        asks for the same by default (the baseline and the gates as well as each side of a pair), so all
+        of them measure under the same limits and fit the same Ray nodes: a cluster of 1-CPU nodes schedules
+        a baseline asking for 1 CPU, never one asking for 2."""
+        s = self.settings
+        return max(1.0, s.cpus / 2) if s.side_by_side else float(s.cpus)
 
     def stage_threads(self) -> int:
         """Torch threads per sandbox. Side by side, each sandbox gets half of --threads; the lone stages (the
@@ -265,6 +301,8 @@ class RunContext:
         if status == "start":
             expected = self.settings.budget_seconds if stage == "train" else None
             self.display.stage(stage, where, expected)
+        elif status == "queued":  # handed to a cluster that does not say when it starts
+            self.display.stage(stage, f"{where} (queued on the cluster)".strip(), None)
         elif run is not None and not run.ok:
             self.display.log(f"[red]{stage} {where} failed:[/] {escape(run.reason)}")  # wrapped, never cut
 

@@ -20,11 +20,12 @@ import pytest
 
 from evolver.cascade import CascadeResult, StageRun
 from evolver.cohort import CycleOrder
-from evolver.executor import LocalExecutor, Slot, StageJob, StageOutcome
+from evolver.executor import LocalExecutor, Slot
 from evolver.loop import EvolutionLoop
 from evolver.offline_catalogue import CatalogueEntry
 from evolver.providers.offline import OfflineProvider
 from evolver.settings import load_settings
+from evolver.stage_job import StageJob, StageOutcome
 
 EFFECT = re.compile(r"def effect_\w+\(\) -> float:\s+return (-?[0-9.]+)")
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from evolver.early_stop import EarlyStopRule, HostStop, PairWatch, compare, enforced, read_curve
-from evolver.executor import ExecutorSides, LocalExecutor, StageJob
+from evolver.executor import ExecutorSides, LocalExecutor
 from evolver.judge import EARLY_STOP, CandidateJudge
 from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
+from evolver.stage_job import StageJob
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,24 +13,13 @@ import numpy as np
 import pytest
 
 from evolver.cascade import CascadeResult, StageRun
-from evolver.executor import (
-    NODE_LOST,
-    RAY_MISSING,
-    ExecutorSides,
-    LocalExecutor,
-    Slot,
-    StageJob,
-    StageOutcome,
-    collect_files,
-    executor_kind,
-    pack,
-    side_run,
-    unpack,
-    write_files,
-)
+from evolver.executor import ExecutorSides, LocalExecutor, Slot, executor_kind
 from evolver.judge import EXECUTOR_STAGE, CandidateJudge, SideRun
 from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
+from evolver.ray_executor import RAY_MISSING
 from evolver.settings import load_settings
+from evolver.shipping import collect_files, pack, unpack, write_files
+from evolver.stage_job import NODE_LOST, StageJob, StageOutcome, side_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -309,7 +298,7 @@ def test_the_loop_judges_through_its_executor_and_records_where_each_side_ran(us
 def test_a_ray_address_nobody_listens_at_fails_fast() -> None:
     import socket
 
-    from evolver.executor import check_ray_address
+    from evolver.ray_executor import check_ray_address
 
     with socket.socket() as s:  # a port that was free a moment ago
         s.bind(("127.0.0.1", 0))
@@ -322,3 +311,23 @@ def test_a_ray_address_nobody_listens_at_fails_fast() -> None:
         check_ray_address("just-a-host")
     check_ray_address("auto")
     check_ray_address(None)
+
+
+@pytest.mark.parametrize(("side_by_side", "cpus"), [(True, 1.0), (False, 2.0)])
+def test_every_job_of_a_run_asks_for_the_cpus_of_one_pair_side(user_repo: Path, tmp_path: Path,
+                                                               side_by_side: bool, cpus: float) -> None:
+    """The baseline's and the gates' jobs ask for what each side of a pair asks for (half of --cpus side by
+    side): they measure under the same limits, and a Ray cluster of 1-CPU nodes can schedule them."""
+    from evolver.loop import EvolutionLoop
+
+    settings = load_settings(user_repo, environ={}, overrides={
+        "provider": "offline", "literature": "off", "state_dir": str(tmp_path / "state"), "cpus": 2.0,
+        "side_by_side": side_by_side, "backend": "local"})
+    loop = EvolutionLoop(user_repo, settings, harness_dir=tmp_path / "harness")
+    try:
+        for phase in ("baseline", "gates", "selection"):
+            job = loop.ctx.stage_job(tmp_path / "tree", tmp_path / "out", ["train", "evaluate"], 0, side="parent",
+                                     phase=phase)
+            assert job.options["cpus"] == cpus and job.options["threads"] == loop.ctx.stage_threads()
+    finally:
+        loop.record.close()

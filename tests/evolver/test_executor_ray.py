@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from evolver.executor import NODE_LOST, RayExecutor, StageJob, side_run
 from evolver.judge import EXECUTOR_STAGE
+from evolver.ray_executor import RayExecutor
+from evolver.stage_job import NODE_LOST, StageJob, side_run
 from tests.availability import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,8 +33,9 @@ def _ray_missing() -> str | None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
-    """A head (1 CPU) and a node with the custom resource "worker2" (1 CPU); the driver is this process.
-    Node deaths are noticed within a few seconds (health checks every 500 ms, 3 misses)."""
+    """A head (1 CPU), a node with the custom resource "worker2" (1 CPU) and a node with 2 CPUs (the only one
+    that can hold a seed pair of 1-CPU sides); the driver is this process. Node deaths are noticed within a
+    few seconds (health checks every 500 ms, 3 misses)."""
     skip_or_fail(_ray_missing(), "HRM_EVOLVE_REQUIRE_RAY")
     from ray.cluster_utils import Cluster
 
@@ -44,7 +46,8 @@ def cluster() -> Iterator[Any]:
             "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
                                "health_check_initial_delay_ms": 0, "health_check_timeout_ms": 500}})
         try:
-            c.add_node(num_cpus=1, resources={"worker2": 1})
+            c.worker2 = c.add_node(num_cpus=1, resources={"worker2": 1})  # type: ignore[attr-defined]
+            c.pair_node = c.add_node(num_cpus=2, resources={"pairs": 2})  # type: ignore[attr-defined]
             c.wait_for_nodes()
             executor = RayExecutor(c.address)  # connects this process to the cluster
             yield c
@@ -53,10 +56,11 @@ def cluster() -> Iterator[Any]:
             c.shutdown()  # stops the processes this cluster started, and only those
 
 
-def stage_job(tmp: Path, run_data: Path, harness: Path, *, budget: float = 2.0) -> StageJob:
-    return StageJob("candidate", 0, "selection", str(REPO), str(harness), str(run_data), str(tmp / "out"),
+def stage_job(tmp: Path, run_data: Path, harness: Path, *, budget: float = 2.0, side: str = "candidate",
+              cpus: float = 1.0) -> StageJob:
+    return StageJob(side, 0, "selection", str(REPO), str(harness), str(run_data), str(tmp / side / "out"),
                     {"task": "sudoku4", "budget_seconds": budget, "backend": "local",
-                     "stages": ["train", "evaluate"], "threads": 1, "cpus": 1.0, "label": "ray-test"})
+                     "stages": ["train", "evaluate"], "threads": 1, "cpus": cpus, "label": "ray-test"})
 
 
 def _children(pid: int) -> list[int]:
@@ -110,7 +114,7 @@ def _alive(pids: list[int]) -> list[int]:
 
 def test_a_stage_job_runs_on_the_second_node_and_its_files_land_on_the_driver(
         cluster: Any, run_data: Path, harness: Path, tmp_path: Path) -> None:
-    node = next(n for n in cluster.list_all_nodes() if not n.head)
+    node = cluster.worker2
     ex = RayExecutor(options={"resources": {"worker2": 0.01}})
     events: list[tuple[str, str]] = []
     job = stage_job(tmp_path, run_data, harness)
@@ -122,7 +126,7 @@ def test_a_stage_job_runs_on_the_second_node_and_its_files_land_on_the_driver(
     assert len(result.scores["exact_accuracy"]) == 1 and 0.0 <= result.scores["token_accuracy"][0] <= 1.0
     assert result.stages[1].metrics["labels_available"] is False  # labels stayed out of the sandbox there too
     assert outcome.placement["executor"] == "ray" and outcome.placement["node_id"] == node.node_id
-    out = tmp_path / "out"
+    out = tmp_path / "candidate" / "out"
     assert (out / "train-seed0" / "train.json").is_file() and (out / "evaluate-seed0" / "predictions.npy").is_file()
     assert (out / "train-seed0" / "train" / "checkpoint.pt").is_file()
     assert not (out / "staged").exists()  # the node's copies of the inputs are not sent back
@@ -130,7 +134,8 @@ def test_a_stage_job_runs_on_the_second_node_and_its_files_land_on_the_driver(
     run = side_run(outcome, "token_accuracy")
     assert run.ok and run.score == result.scores["token_accuracy"][0]
     assert run.evidence["executor"]["node_id"] == node.node_id and run.evidence["steps"] > 0
-    assert ("train", "start") in events and ("evaluate", "ok") in events
+    assert ("train", "queued") in events and ("evaluate", "ok") in events
+    assert outcome.placement["round_trip_s"] >= result.seconds > 0
 
 
 def _kill_while_training(cluster: Any, ex: RayExecutor, job: StageJob, node: Any) -> tuple[Any, float, list[int]]:
@@ -172,4 +177,103 @@ def test_a_lost_node_with_a_retry_runs_the_job_again_elsewhere(
     result = outcome.cascade()
     assert result is not None and result.ok, result and result.reason
     assert outcome.placement["node_id"] != node.node_id
-    assert (tmp_path / "out" / "evaluate-seed0" / "evaluate.json").is_file()
+    assert (tmp_path / "candidate" / "out" / "evaluate-seed0" / "evaluate.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------ pairs on one node
+
+
+def _group_states() -> dict[str, str]:
+    import ray
+
+    return {pg_id: info["state"] for pg_id, info in ray.util.placement_group_table().items()}
+
+
+def test_the_two_sides_of_a_pair_train_together_on_one_node(
+        cluster: Any, run_data: Path, harness: Path, tmp_path: Path) -> None:
+    """Two 1-CPU sides on a cluster of a 1-CPU head, a 1-CPU node and a 2-CPU node: one placement group puts
+    both on the 2-CPU node (one task at a time would scatter them) and is removed once they have answered."""
+    pair_node = cluster.pair_node
+    ex = RayExecutor()
+    jobs = [stage_job(tmp_path, run_data, harness, side=side) for side in ("parent", "candidate")]
+    events: dict[str, list[str]] = {"parent": [], "candidate": []}
+    futures = ex.submit_group(jobs, [lambda st, seed, status, run, side=side: events[side].append(f"{st}:{status}")
+                                     for side in ("parent", "candidate")])
+    outcomes = [f.result(timeout=300) for f in futures]
+    for side, outcome in zip(("parent", "candidate"), outcomes, strict=True):
+        assert not outcome.error, outcome.error
+        result = outcome.cascade()
+        assert result is not None and result.ok, result and result.reason
+        assert (tmp_path / side / "out" / "evaluate-seed0" / "evaluate.json").is_file()
+        assert events[side][0] == "train:start" and "evaluate:ok" in events[side]
+        p = outcome.placement
+        assert p["node_id"] == pair_node.node_id and p["group_size"] == 2 and p["queued_s"] >= 0
+        assert p["round_trip_s"] >= result.seconds > 0
+    assert outcomes[0].placement["placement_group"] == outcomes[1].placement["placement_group"]
+    assert outcomes[0].placement["pid"] != outcomes[1].placement["pid"]  # two workers, at the same time
+    deadline = time.monotonic() + 10
+    while _group_states().get(outcomes[0].placement["placement_group"]) != "REMOVED" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _group_states()[outcomes[0].placement["placement_group"]] == "REMOVED"
+
+
+def test_a_pair_no_node_can_hold_fails_at_once_with_what_it_needs(
+        cluster: Any, run_data: Path, harness: Path, tmp_path: Path) -> None:
+    ex = RayExecutor()
+    jobs = [stage_job(tmp_path, run_data, harness, side=side, cpus=2.0) for side in ("parent", "candidate")]
+    started = time.monotonic()
+    outcomes = [f.result(timeout=60) for f in ex.submit_group(jobs)]
+    assert time.monotonic() - started < 10
+    for outcome in outcomes:
+        assert outcome.result is None and "no node of the cluster can hold the 2 sides" in outcome.error
+        assert "2 CPU + 2 CPU" in outcome.error and "the largest node has 2 CPU" in outcome.error
+        run = side_run(outcome, "exact_accuracy")
+        assert not run.ok and run.failed_stage == EXECUTOR_STAGE  # the judge voids such a pair
+
+
+def test_ray_error_texts_lose_their_colour_codes() -> None:
+    from evolver.ray_executor import _plain
+
+    assert _plain(RuntimeError("\x1b[36mray::remote_stage()\x1b[39m failed\x1b[0m")) == "ray::remote_stage() failed"
+
+
+# ------------------------------------------------------------------------------------------ the main command
+
+
+@pytest.mark.timeout(900)
+def test_the_main_command_evolves_through_the_cluster_with_each_pair_on_one_node(
+        cluster: Any, tmp_path: Path) -> None:
+    """`evolve.py --executor ray` on the cluster above (1-CPU nodes and one 2-CPU node): the baseline and
+    gate jobs ask for one CPU each, so the 1-CPU nodes run them; every seed pair trains on the 2-CPU node;
+    the record and verdicts stay on the driver."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.evolver.test_loop_e2e import _git, _snapshot
+
+    repo = _snapshot(tmp_path / "repo")
+    cmd = [sys.executable, str(REPO / "evolve.py"), "--repo", str(repo), "--provider", "offline", "--cycles", "1",
+           "--auto-apply", "--budget-seconds", "3", "--seeds", "0,1", "--backend", "local", "--literature", "off",
+           "--max-seeds", "2", "--confirm-seeds", "2", "--throughput-tolerance", "10",
+           "--executor", "ray", "--ray-address", cluster.address]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=850,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1", RAY_USAGE_STATS_ENABLED="0"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_id = next(b for b in _git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/evolve/").split()
+                  if b.endswith("/best")).split("/")[1]
+    record = f"evolve/{run_id}/record"
+    pids = _git(repo, "ls-tree", "--name-only", f"{record}:proposals/{run_id}").split()
+    assert len(pids) == 1
+    result = json.loads(_git(repo, "show", f"{record}:proposals/{run_id}/{pids[0]}/result.json"))
+    if result["verdict"] == "failed":  # a catalogue entry that fails its gates trains no pair
+        assert result.get("failed_stage") not in ("executor", None), result
+        pytest.skip(f"the first catalogue entry failed its gates: {result.get('reason')}")
+    pairs = result["judgement"]["pairs"]
+    assert pairs and not any(p["void"] for p in pairs), pairs
+    for p in pairs:
+        parent, cand = p["parent_evidence"]["executor"], p["candidate_evidence"]["executor"]
+        assert parent["node_id"] == cand["node_id"] == cluster.pair_node.node_id
+        assert parent["placement_group"] == cand["placement_group"]
+        assert parent["round_trip_s"] > 0 and cand["round_trip_s"] > 0
+    assert result["verdict"] in ("merged", "rejected", "inconclusive"), result["verdict"]

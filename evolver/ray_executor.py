@@ -1,0 +1,365 @@
+"""Stage jobs as Ray tasks: `RayExecutor` on the driver, `remote_stage` on a node.
+
+Nothing assumes the driver's paths exist on a node: the candidate's `hrm/`, the pristine harness copy and the
+run data (the train split and the scored held-out split; the final split never travels) go as in-memory
+tarballs (evolver/shipping.py), put in Ray's object store once per content. The node unpacks them into a
+temp folder, runs the trusted cascade with its own sandbox backend (held-out labels stay out of the sandbox
+exactly as on the driver) and returns the result and the stage folders' files as bytes; the driver writes
+them into its out_dir. The git record and every verdict stay on the driver.
+
+The two sides of a seed pair are one placement group (STRICT_PACK: one bundle per side, on one node), so
+they train at the same time on the same machine, as they do on local slots; a pair no node can hold is an
+error at once, not a wait. A task whose node dies is retried (``max_retries``); when the retries run out,
+or no answer comes within the job's deadline, the outcome carries an ``error`` ("executor: node lost ...")
+that the loop turns into a failed side, which voids the pair (evolver/judge.py).
+
+Ray is an optional extra (``pip install -e '.[ray]'``), imported only here, and only when used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from evolver.cascade import Progress
+from evolver.shipping import collect_files, data_filter, pack, rebase_paths, tree_filter, unpack, write_files
+from evolver.stage_job import NODE_LOST, StageJob, StageOutcome, run_stage_job
+
+RAY_MISSING = ("--executor ray needs Ray, which is not installed here: pip install -e '.[ray]' (on the driver "
+               "and on every node)")
+
+
+# ------------------------------------------------------------------------------------------ on a Ray node
+
+
+def _ray_placement() -> dict[str, Any]:
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"executor": "ray", "node_id": context.get_node_id(), "hostname": socket.gethostname(),
+            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+
+
+def remote_stage(job_data: dict[str, Any], tree: bytes, harness: bytes, data: bytes) -> dict[str, Any]:
+    """Run one stage job on this node (the body of the Ray task): unpack the inputs into a temp folder, run
+    the cascade with this node's sandbox backend and the GPUs Ray gave the task, send back the result and
+    the stage folders' files."""
+    job = StageJob.from_dict(job_data)
+    placement = _ray_placement()
+    root = Path(tempfile.mkdtemp(prefix="hrm-evolve-job-"))
+    try:
+        os.chmod(root, 0o755)
+        options = dict(job.options)
+        if options.get("gpus"):
+            options["gpu_ids"] = list(placement["gpu_ids"])
+        here = replace(job, tree=str(unpack(tree, root / "tree")), harness_dir=str(unpack(harness, root / "harness")),
+                       data_dir=str(unpack(data, root / "data", file_mode=0o644)), out_dir=str(root / "out"),
+                       options=options)
+        result = run_stage_job(here).to_dict()
+        files, too_large = collect_files(Path(here.out_dir))
+        placement["files_not_sent"] = too_large
+        return StageOutcome(rebase_paths(result, here.out_dir, job.out_dir), files, placement).to_dict()
+    finally:
+        shutil.rmtree(root, onerror=_force_remove)
+
+
+def _force_remove(func: Callable[[str], Any], path: str, _exc: Any) -> None:
+    try:
+        os.chmod(os.path.dirname(path), 0o755)
+        func(path)
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ Ray driver
+
+
+def ray_available() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast when nothing listens at a ``host:port`` Ray address (ray.init would wait for minutes);
+    "auto", "local" and ray:// client addresses are left to Ray."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"a Ray address is host:port (e.g. 10.0.0.5:6379), got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise RuntimeError(f"no Ray head answers at {address} ({exc}); start one with `ray start --head "
+                           f"--port {port}` on that machine") from exc
+
+
+class _PutCache:
+    """ObjectRefs of shipped inputs, by key, the oldest dropped past ``size`` (so Ray may free them)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._refs: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._refs:
+                self._refs.move_to_end(key)
+                return self._refs[key]
+            ref = self._refs[key] = make()
+            while len(self._refs) > self.size:
+                self._refs.popitem(last=False)
+            return ref
+
+
+ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _plain(exc: BaseException) -> str:
+    """An exception's text without the terminal colour codes Ray puts in its error messages."""
+    return ANSI_CODES.sub("", str(exc)).strip()
+
+
+def _describe(resources: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items()) if not k.startswith("node:")) or "nothing"
+
+
+def _check_backend(job: StageJob) -> None:
+    if not isinstance(job.options.get("backend", "auto"), str):
+        raise TypeError("a Ray stage job names its sandbox backend (auto, docker, local); the node resolves it")
+
+
+def _fail_all(futures: list[Future[StageOutcome]], where: dict[str, Any], error: str) -> None:
+    for future in futures:
+        future.set_result(StageOutcome(None, placement=dict(where), error=error))
+
+
+def _lost_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    names = ("NodeDiedError", "WorkerCrashedError", "LocalRayletDiedError", "ObjectLostError", "RaySystemError",
+             "OutOfMemoryError", "TaskCancelledError", "TaskUnschedulableError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
+
+
+class RayExecutor:
+    """Each stage job a Ray task: ``num_cpus`` the job's cpus (at least its threads), ``num_gpus`` 1 when the
+    job asks for GPUs, retried ``max_retries`` times when its node or worker dies (never when the job itself
+    raised). ``options``: extra Ray task options for every job (resources, a scheduling strategy; the sides
+    of a pair, `submit_group`, always get their placement group's strategy).
+    ``timeout_s``: how long to wait for one job (default: its train + evaluate limits + RETURN_MARGIN_S)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, max_retries: int = 2, options: dict[str, Any] | None = None,
+                 timeout_s: float | None = None, cache_size: int = 4) -> None:
+        if not ray_available():
+            raise RuntimeError(RAY_MISSING)
+        import ray
+
+        self._ray = ray
+        self._owns_connection = not ray.is_initialized()
+        if self._owns_connection:
+            target = address or os.environ.get("RAY_ADDRESS") or "auto"
+            check_ray_address(target)
+            ray.init(address=target, log_to_driver=False, logging_level="warning")
+        self.address = address
+        self.max_retries = max_retries
+        self.options = dict(options or {})
+        self.timeout_s = timeout_s
+        self._task = ray.remote(remote_stage)
+        self._trees = _PutCache(cache_size)
+        self._inputs = _PutCache(cache_size)
+
+    def _put(self, cache: _PutCache, key: str, blob: Callable[[], bytes]) -> Any:
+        return cache.get(key, lambda: self._ray.put(blob()))
+
+    def _refs(self, job: StageJob) -> tuple[Any, Any, Any]:
+        tree = pack(Path(job.tree), tree_filter)
+        digest = hashlib.sha256(tree).hexdigest()
+        heldout = str(job.options.get("heldout_split", "select"))
+        harness_ref = self._put(self._inputs, f"harness:{Path(job.harness_dir).resolve()}",
+                                lambda: pack(Path(job.harness_dir)))
+        data_ref = self._put(self._inputs, f"data:{Path(job.data_dir).resolve()}:{heldout}",
+                             lambda: pack(Path(job.data_dir), data_filter(heldout)))
+        return self._put(self._trees, digest, lambda: tree), harness_ref, data_ref
+
+    def task_options(self, job: StageJob) -> dict[str, Any]:
+        o = job.options
+        cpus = max(float(o.get("cpus", 1.0)), float(o.get("threads", 1)))
+        return {"num_cpus": cpus, "num_gpus": 1 if o.get("gpus") else 0, "max_retries": self.max_retries,
+                "retry_exceptions": False, **self.options}
+
+    def bundle(self, job: StageJob) -> dict[str, float]:
+        """What one job reserves in a placement group: its task's CPUs, GPU and custom resources."""
+        o = self.task_options(job)
+        bundle = {"CPU": float(o["num_cpus"])}
+        if o.get("num_gpus"):
+            bundle["GPU"] = float(o["num_gpus"])
+        bundle.update({str(k): float(v) for k, v in (o.get("resources") or {}).items()})
+        return bundle
+
+    def node_resources(self) -> list[dict[str, float]]:
+        """The total resources of each alive node of the cluster."""
+        return [{str(k): float(v) for k, v in (n.get("Resources") or {}).items()}
+                for n in self._ray.nodes() if n.get("Alive")]
+
+    def groups_at_once(self, bundles: list[dict[str, float]]) -> int:
+        """How many groups of ``bundles`` the alive nodes hold at the same time, each group on one node (what
+        a STRICT_PACK placement group needs), with nothing else running."""
+        need: dict[str, float] = {}
+        for bundle in bundles:
+            for name, amount in bundle.items():
+                need[name] = need.get(name, 0.0) + amount
+        need = {k: v for k, v in need.items() if v > 0}
+        if not need:
+            return 0
+        return sum(min(int(node.get(k, 0.0) / v + 1e-9) for k, v in need.items()) for node in self.node_resources())
+
+    def submit(self, job: StageJob, progress: Progress | None = None) -> Future[StageOutcome]:
+        """One job as a Ray task wherever Ray finds room; ``progress`` hears "queued" (Ray does not say when
+        the task starts), then each stage's end."""
+        _check_backend(job)
+        future: Future[StageOutcome] = Future()
+        future.set_running_or_notify_cancel()
+        submitted = time.monotonic()
+        try:
+            ref = self._task.options(**self.task_options(job)).remote(job.to_dict(), *self._refs(job))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            future.set_exception(exc)
+            return future
+        if progress:
+            progress("train", int(job.seed), "queued", None)
+        threading.Thread(target=self._wait, args=(job, ref, progress, future, submitted, {}), daemon=True,
+                         name=f"hrm-evolve-ray-{job.side}-{job.seed}").start()
+        return future
+
+    def submit_group(self, jobs: list[StageJob],
+                     progress: list[Progress | None] | None = None) -> list[Future[StageOutcome]]:
+        """Jobs that run together on one node (a seed pair's two sides): one STRICT_PACK placement group with
+        a bundle per job, reserved before any job is submitted, so the sides start at once on the same
+        machine, neither waiting in Ray's queue while the other trains. A group no alive node can hold fails
+        at once, and one still waiting for room after the jobs' deadline fails then: each future gets an
+        outcome with the executor's error (which voids the pair). The group is removed once every job has
+        answered (or been given up)."""
+        progress = list(progress or [None] * len(jobs))
+        if len(jobs) < 2:
+            return [self.submit(job, prog) for job, prog in zip(jobs, progress, strict=True)]
+        for job in jobs:
+            _check_backend(job)
+        futures: list[Future[StageOutcome]] = [Future() for _ in jobs]
+        for future in futures:
+            future.set_running_or_notify_cancel()
+        threading.Thread(target=self._run_group, args=(jobs, progress, futures), daemon=True,
+                         name=f"hrm-evolve-ray-group-{jobs[0].seed}").start()
+        return futures
+
+    def _run_group(self, jobs: list[StageJob], progress: list[Progress | None],
+                   futures: list[Future[StageOutcome]]) -> None:
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundles = [self.bundle(job) for job in jobs]
+        where = {"executor": self.name, "address": self.address, "bundles": bundles}
+        started = time.monotonic()
+        group = None
+        try:
+            if self.groups_at_once(bundles) < 1:
+                largest = max(self.node_resources(), key=lambda n: n.get("CPU", 0.0), default={})
+                largest = {k: largest.get(k, 0.0) for k in bundles[0]}
+                return _fail_all(futures, where, (
+                    f"executor: no node of the cluster can hold the {len(jobs)} sides of this pair at once "
+                    f"({' + '.join(_describe(b) for b in bundles)}; the largest node has {_describe(largest)}): "
+                    "the sides of a pair train together on one node, so give one node that much, ask less per "
+                    "sandbox (--cpus), or run with --serial-pairs"))
+            inputs = [self._refs(job) for job in jobs]
+            group = placement_group(bundles, strategy="STRICT_PACK")
+            wait_s = self.timeout_s if self.timeout_s is not None else max(job.deadline_s() for job in jobs)
+            if not group.wait(timeout_seconds=wait_s):
+                return _fail_all(futures, where, (
+                    f"executor: no node had room for both sides of this pair within {wait_s:.0f}s "
+                    f"({' + '.join(_describe(b) for b in bundles)} on one node)"))
+            queued = time.monotonic() - started
+            refs = []
+            for i, (job, prog) in enumerate(zip(jobs, progress, strict=True)):
+                strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
+                refs.append(self._task.options(**{**self.task_options(job), "scheduling_strategy": strategy})
+                            .remote(job.to_dict(), *inputs[i]))
+                if prog:
+                    prog("train", int(job.seed), "start", None)
+            submitted = time.monotonic()
+            extra = {"queued_s": round(queued, 3), "placement_group": group.id.hex(), "group_size": len(jobs)}
+            waits = [threading.Thread(target=self._wait, args=(job, ref, prog, future, submitted, extra),
+                                      daemon=True, name=f"hrm-evolve-ray-{job.side}-{job.seed}")
+                     for job, ref, prog, future in zip(jobs, refs, progress, futures, strict=True)]
+            for thread in waits:
+                thread.start()
+            for thread in waits:
+                thread.join()
+        except BaseException as exc:  # noqa: BLE001 - handed to the callers through the futures
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            if group is not None:
+                try:
+                    remove_placement_group(group)
+                except Exception:  # noqa: BLE001 - the cluster may be gone; nothing is left to release then
+                    pass
+
+    def _wait(self, job: StageJob, ref: Any, progress: Progress | None, future: Future[StageOutcome],
+              submitted: float, extra: dict[str, Any]) -> None:
+        try:
+            outcome = self._answer(job, ref)
+            outcome.placement.update(extra)
+            outcome.placement["round_trip_s"] = round(time.monotonic() - submitted, 3)
+            if outcome.files:
+                Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+                write_files(outcome.files, Path(job.out_dir))
+            result = outcome.cascade()
+            if progress and result is not None:
+                for run in result.stages:
+                    progress(run.stage, run.seed, "ok" if run.ok else "failed", run)
+            future.set_result(outcome)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            future.set_exception(exc)
+
+    def _answer(self, job: StageJob, ref: Any) -> StageOutcome:
+        ray = self._ray
+        timeout = self.timeout_s if self.timeout_s is not None else job.deadline_s()
+        started = time.monotonic()
+        where = {"executor": self.name, "address": self.address}
+        try:
+            return StageOutcome.from_dict(ray.get(ref, timeout=timeout))
+        except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref, force=True)
+            return StageOutcome(None, placement=where, error=(
+                f"{NODE_LOST} or unresponsive: no answer from the cluster after {timeout:.0f}s (the task was "
+                "cancelled)"))
+        except ray.exceptions.RayTaskError as exc:
+            return StageOutcome(None, placement=where, error=(
+                f"executor: the stage job raised on its node: {_plain(exc)[-1500:]}"))
+        except _lost_errors(ray) as exc:
+            waited = time.monotonic() - started
+            return StageOutcome(None, placement=where, error=(
+                f"{NODE_LOST} {waited:.0f}s after submission, with {self.max_retries} retr"
+                f"{'y' if self.max_retries == 1 else 'ies'} allowed ({type(exc).__name__}: {_plain(exc)[:500]})"))
+        except ray.exceptions.RayError as exc:  # anything else Ray could not do for this job
+            return StageOutcome(None, placement=where, error=(
+                f"executor: Ray could not run the job ({type(exc).__name__}: {_plain(exc)[:500]})"))
+
+    def close(self) -> None:
+        if self._owns_connection and self._ray.is_initialized():
+            self._ray.shutdown()
