@@ -179,17 +179,7 @@ class CandidateEvaluator:
             job.options["budget_seconds"] = budget
             return job
 
-        def finish(job: StageJob, outcome: StageOutcome) -> None:
-            res = outcome.cascade()
-            if res is None:
-                return
-            Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-            res.save(Path(job.out_dir) / "cascade.json")
-            for run in res.stages:
-                key = f"screen-{run.stage}" if job.side == "candidate" else f"screen-parent-{run.stage}"
-                timings[key] = timings.get(key, 0.0) + float(run.duration_s)
-
-        sides = ExecutorSides(ctx.executor, make_job, s.metric, finish=finish,
+        sides = ExecutorSides(ctx.executor, make_job, s.metric, finish=side_finisher(timings, "screen-"),
                               progress=lambda side: ctx.on_stage if side == "candidate" else None)
         ctx.display.log(f"{cand.proposal_id}: screen pair at {budget:g}s on seed {seed}")
         if side_by_side:
@@ -330,19 +320,9 @@ class CandidateEvaluator:
                                  side=side, phase=phase,
                                  eval_cap_s=eval_cap if side == "candidate" else None)
 
-        def finish(job: StageJob, outcome: StageOutcome) -> None:
-            res = outcome.cascade()
-            if res is None:  # the executor lost the side; the judge voids its pair
-                return
-            Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-            res.save(Path(job.out_dir) / "cascade.json")
-            for run in res.stages:
-                key = run.stage if job.side == "candidate" else f"parent-{run.stage}"
-                timings[key] = timings.get(key, 0.0) + float(run.duration_s)
-
         rule = (EarlyStopRule(margin=s.early_stop_margin, audit=s.early_stop_audit) if s.early_stop and side_by_side
                 else None)
-        measure = ExecutorSides(self.executor, make_job, s.metric, finish=finish,
+        measure = ExecutorSides(self.executor, make_job, s.metric, finish=side_finisher(timings),
                                 progress=lambda side: ctx.on_stage if side == "candidate" else None,
                                 early_stop=rule, key=f"{ctx.run_id}:{cand.proposal_id}")
 
@@ -436,3 +416,20 @@ def _non_training_share(timings: dict[str, float]) -> float | None:
     training = sum(v for k, v in timings.items() if k.removeprefix("screen-").removeprefix("parent-")
                    in ("train", "evaluate"))
     return 1 - training / total
+
+
+def side_finisher(timings: dict[str, float], prefix: str = "") -> Callable[[StageJob, StageOutcome], None]:
+    """What ExecutorSides calls with each side's outcome: save its cascade.json in the side's out_dir and add
+    its stage seconds to ``timings`` (the candidate's as <stage>, the parent's as parent-<stage>, both after
+    ``prefix``: "screen-" for a screen pair). A side the executor lost has nothing to save (the judge voids
+    its pair)."""
+    def finish(job: StageJob, outcome: StageOutcome) -> None:
+        res = outcome.cascade()
+        if res is None:
+            return
+        Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+        res.save(Path(job.out_dir) / "cascade.json")
+        for run in res.stages:
+            key = prefix + (run.stage if job.side == "candidate" else f"parent-{run.stage}")
+            timings[key] = timings.get(key, 0.0) + float(run.duration_s)
+    return finish

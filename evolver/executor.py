@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -125,7 +126,11 @@ class LocalExecutor:
         running = future.set_running_or_notify_cancel()
         try:
             if running:
+                started = time.monotonic()
                 outcome = self._run(slot.place(job), slot, progress)
+                # seconds from the slot starting the job to its outcome: what a Ray task's round trip is
+                # compared with (the job's time outside its stages, here and there)
+                outcome.placement.setdefault("round_trip_s", round(time.monotonic() - started, 3))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
             error = exc
         finally:  # the slot is free before anyone learns the job is done, so the next pair finds both

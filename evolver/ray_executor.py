@@ -38,6 +38,8 @@ from evolver.cascade import Progress
 from evolver.shipping import collect_files, data_filter, pack, rebase_paths, tree_filter, unpack, write_files
 from evolver.stage_job import NODE_LOST, StageJob, StageOutcome, run_stage_job
 
+POLL_S = 2.0
+"""How often the driver looks at a pair's placement group while its tasks run."""
 RAY_MISSING = ("--executor ray needs Ray, which is not installed here: pip install -e '.[ray]' (on the driver "
                "and on every node)")
 
@@ -301,7 +303,8 @@ class RayExecutor:
                     prog("train", int(job.seed), "start", None)
             submitted = time.monotonic()
             extra = {"queued_s": round(queued, 3), "placement_group": group.id.hex(), "group_size": len(jobs)}
-            waits = [threading.Thread(target=self._wait, args=(job, ref, prog, future, submitted, extra),
+            waits = [threading.Thread(target=self._wait, args=(job, ref, prog, future, submitted, extra, group,
+                                                               bundles),
                                       daemon=True, name=f"hrm-evolve-ray-{job.side}-{job.seed}")
                      for job, ref, prog, future in zip(jobs, refs, progress, futures, strict=True)]
             for thread in waits:
@@ -320,9 +323,10 @@ class RayExecutor:
                     pass
 
     def _wait(self, job: StageJob, ref: Any, progress: Progress | None, future: Future[StageOutcome],
-              submitted: float, extra: dict[str, Any]) -> None:
+              submitted: float, extra: dict[str, Any], group: Any = None,
+              bundles: list[dict[str, float]] | None = None) -> None:
         try:
-            outcome = self._answer(job, ref)
+            outcome = self._answer(job, ref, group, bundles)
             outcome.placement.update(extra)
             outcome.placement["round_trip_s"] = round(time.monotonic() - submitted, 3)
             if outcome.files:
@@ -336,13 +340,34 @@ class RayExecutor:
         except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
             future.set_exception(exc)
 
-    def _answer(self, job: StageJob, ref: Any) -> StageOutcome:
+    def stranded(self, group: Any, bundles: list[dict[str, float]]) -> bool:
+        """Whether a placement group lost its node and no alive node can hold it again (its tasks' retries
+        would wait for one until their deadline)."""
+        state = self._ray.util.placement_group_table(group).get("state")
+        return state == "RESCHEDULING" and self.groups_at_once(bundles) < 1
+
+    def _answer(self, job: StageJob, ref: Any, group: Any = None,
+                bundles: list[dict[str, float]] | None = None) -> StageOutcome:
+        """Wait for the job's task (polling, so a pair whose node died with nowhere else to go is given up
+        at once rather than at its deadline)."""
         ray = self._ray
         timeout = self.timeout_s if self.timeout_s is not None else job.deadline_s()
         started = time.monotonic()
         where = {"executor": self.name, "address": self.address}
         try:
-            return StageOutcome.from_dict(ray.get(ref, timeout=timeout))
+            while True:
+                left = started + timeout - time.monotonic()
+                if left <= 0:
+                    raise ray.exceptions.GetTimeoutError("deadline")
+                ready, _ = ray.wait([ref], timeout=min(POLL_S, left))
+                if ready:
+                    return StageOutcome.from_dict(ray.get(ref))
+                if group is not None and bundles and self.stranded(group, bundles):
+                    ray.cancel(ref, force=True)
+                    return StageOutcome(None, placement=where, error=(
+                        f"{NODE_LOST} {time.monotonic() - started:.0f}s after submission: the node holding this "
+                        f"pair's placement group is gone and no alive node can hold the pair "
+                        f"({' + '.join(_describe(b) for b in bundles)})"))
         except ray.exceptions.GetTimeoutError:
             ray.cancel(ref, force=True)
             return StageOutcome(None, placement=where, error=(

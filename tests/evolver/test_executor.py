@@ -158,7 +158,8 @@ def test_a_side_the_executor_lost_voids_its_pair_and_the_judgement_goes_on() -> 
     j = judge_with(through, submit=through.submit).judge()
     lost = [p for p in j.pairs if p.seed == 1]
     assert len(lost) == 1 and lost[0].void and NODE_LOST in lost[0].void_reason
-    assert lost[0].candidate_evidence["executor"] == {"executor": "ray"}
+    placement = lost[0].candidate_evidence["executor"]
+    assert placement["executor"] == "ray" and set(placement) == {"executor", "round_trip_s"}
     assert j.verdict == judge_with(measure, side_by_side=False).judge().verdict, j.reason
     assert j.verdict not in ("failed", "void") and j.confirmation is not None and j.confirmation.passed
     assert 1 not in j.to_dict()["selection_seeds"]

@@ -231,6 +231,55 @@ def test_a_pair_no_node_can_hold_fails_at_once_with_what_it_needs(
         assert not run.ok and run.failed_stage == EXECUTOR_STAGE  # the judge voids such a pair
 
 
+def _node_training(nodes: list[Any], timeout: float = 120.0) -> tuple[Any, list[int]]:
+    """The node among ``nodes`` whose raylet runs the sandboxes of the pair just submitted, and their pids."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for node in nodes:
+            found = [p for p in _descendants(_raylet_pid(node)) if "smoketests train" in _cmdline(p)]
+            if len(found) >= 2:
+                return node, found
+        time.sleep(0.2)
+    raise AssertionError("the pair never started training on any of the nodes")
+
+
+def test_a_pair_whose_node_dies_is_retried_on_another_node_or_lost_in_bounded_time(
+        cluster: Any, run_data: Path, harness: Path, tmp_path: Path) -> None:
+    """Two 2-CPU nodes with the resource "spare": a pair trains on one of them; that node is killed; the
+    group moves to the other node and both sides train again there. Then that node is killed during the
+    next pair: no node can hold the group any more, and both sides come back lost well before their deadline."""
+    nodes = [cluster.add_node(num_cpus=2, resources={"spare": 2}) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ex = RayExecutor(max_retries=1, options={"resources": {"spare": 0.01}})
+
+    def pair(name: str) -> list[Any]:
+        return ex.submit_group([stage_job(tmp_path / name, run_data, harness, side=side, budget=20)
+                                for side in ("parent", "candidate")])
+
+    futures = pair("first")
+    victim, training = _node_training(nodes)
+    time.sleep(1.0)
+    cluster.remove_node(victim, allow_graceful=False)
+    survivor = next(n for n in nodes if n is not victim)
+    outcomes = [f.result(timeout=400) for f in futures]
+    for outcome in outcomes:
+        assert not outcome.error, outcome.error
+        assert outcome.cascade().ok and outcome.placement["node_id"] == survivor.node_id  # type: ignore[union-attr]
+    assert not _alive(training)
+
+    futures = pair("second")
+    victim, training = _node_training([survivor])
+    time.sleep(1.0)
+    killed = time.monotonic()
+    cluster.remove_node(victim, allow_graceful=False)
+    outcomes = [f.result(timeout=300) for f in futures]
+    assert time.monotonic() - killed < LOST_WITHIN_S
+    for outcome in outcomes:
+        assert outcome.result is None and outcome.error.startswith(NODE_LOST), outcome.error
+        assert "no alive node can hold the pair" in outcome.error  # given up, not left to its deadline
+        assert side_run(outcome, "exact_accuracy").failed_stage == EXECUTOR_STAGE
+
+
 def test_ray_error_texts_lose_their_colour_codes() -> None:
     from evolver.ray_executor import _plain
 
@@ -277,3 +326,24 @@ def test_the_main_command_evolves_through_the_cluster_with_each_pair_on_one_node
         assert parent["placement_group"] == cand["placement_group"]
         assert parent["round_trip_s"] > 0 and cand["round_trip_s"] > 0
     assert result["verdict"] in ("merged", "rejected", "inconclusive"), result["verdict"]
+
+
+def test_a_run_stops_before_its_baseline_when_no_node_can_hold_a_pair(cluster: Any, user_repo: Path,
+                                                                       tmp_path: Path) -> None:
+    """--cpus 4 side by side: each side asks for 2 CPUs, a pair for 4 on one node; the largest node has 2."""
+    from evolver.loop import EvolutionLoop, StopRun
+    from evolver.settings import load_settings
+
+    settings = load_settings(user_repo, environ={}, overrides={
+        "provider": "offline", "literature": "off", "state_dir": str(tmp_path / "state"), "cpus": 4.0,
+        "executor": "ray", "ray_address": cluster.address, "backend": "local"})
+    loop = EvolutionLoop(user_repo, settings, harness_dir=tmp_path / "harness")
+    try:
+        with pytest.raises(StopRun, match=r"no node of the Ray cluster has room for a seed pair \(two sandboxes "
+                                          r"of 2 CPU each, on one node\); nodes: .*2 CPU.*--serial-pairs"):
+            loop.ctx.check_cluster()
+        settings.cpus = 2.0
+        loop.ctx.check_cluster()  # 1-CPU sides: the 2-CPU node holds a pair
+        assert loop.ctx.cohort_size() == 1  # the one node that holds a pair
+    finally:
+        loop.record.close()
