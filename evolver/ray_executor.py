@@ -60,6 +60,7 @@ def remote_stage(job_data: dict[str, Any], tree: bytes, harness: bytes, data: by
     """Run one stage job on this node (the body of the Ray task): unpack the inputs into a temp folder, run
     the cascade with this node's sandbox backend and the GPUs Ray gave the task, send back the result and
     the stage folders' files."""
+    started = time.monotonic()
     job = StageJob.from_dict(job_data)
     placement = _ray_placement()
     root = Path(tempfile.mkdtemp(prefix="hrm-evolve-job-"))
@@ -71,9 +72,14 @@ def remote_stage(job_data: dict[str, Any], tree: bytes, harness: bytes, data: by
         here = replace(job, tree=str(unpack(tree, root / "tree")), harness_dir=str(unpack(harness, root / "harness")),
                        data_dir=str(unpack(data, root / "data", file_mode=0o644)), out_dir=str(root / "out"),
                        options=options)
+        unpacked = time.monotonic()
         result = run_stage_job(here).to_dict()
+        ran = time.monotonic()
         files, too_large = collect_files(Path(here.out_dir))
-        placement["files_not_sent"] = too_large
+        # where a task's time outside its stages goes, on the node (the driver adds round_trip_s)
+        placement.update(files_not_sent=too_large, unpack_s=round(unpacked - started, 3),
+                         cascade_s=round(ran - unpacked, 3), collect_s=round(time.monotonic() - ran, 3),
+                         bytes_sent=sum(len(b) for b in files.values()))
         return StageOutcome(rebase_paths(result, here.out_dir, job.out_dir), files, placement).to_dict()
     finally:
         shutil.rmtree(root, onerror=_force_remove)

@@ -135,7 +135,9 @@ def test_a_stage_job_runs_on_the_second_node_and_its_files_land_on_the_driver(
     assert run.ok and run.score == result.scores["token_accuracy"][0]
     assert run.evidence["executor"]["node_id"] == node.node_id and run.evidence["steps"] > 0
     assert ("train", "queued") in events and ("evaluate", "ok") in events
-    assert outcome.placement["round_trip_s"] >= result.seconds > 0
+    p = outcome.placement
+    assert p["round_trip_s"] >= p["cascade_s"] >= result.seconds > 0 and p["unpack_s"] >= 0 and p["collect_s"] >= 0
+    assert p["bytes_sent"] >= (out / "train-seed0" / "train" / "checkpoint.pt").stat().st_size
 
 
 def _kill_while_training(cluster: Any, ex: RayExecutor, job: StageJob, node: Any) -> tuple[Any, float, list[int]]:
