@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from evolver.cascade import (
     DEFAULT_TIMEOUTS,
@@ -26,8 +26,10 @@ from evolver.cascade import (
     StageRun,
     run_cascade,
 )
-from evolver.judge import EXECUTOR_STAGE, SideRun
 from sandbox import DEFAULT_IMAGE, get_backend
+
+if TYPE_CHECKING:
+    from evolver.judge import SideRun
 
 NODE_LOST = "executor: node lost"
 RETURN_MARGIN_S = 600.0
@@ -99,7 +101,11 @@ def cascade_from_dict(data: dict[str, Any]) -> CascadeResult:
 
 
 def side_run(outcome: StageOutcome, metric: str) -> SideRun:
-    """The judge's view of one side: its score on ``metric`` and its evidence, with where it ran."""
+    """The judge's view of one side: its score on ``metric`` and its evidence, with where it ran. (The judge
+    is imported here, on the driver: a Ray node running `run_stage_job` never needs it, nor the scipy it
+    imports, which took a fresh Ray worker about 1.1 s of its 1.7 s start-up.)"""
+    from evolver.judge import EXECUTOR_STAGE, SideRun
+
     placement = dict(outcome.placement)
     result = outcome.cascade()
     if result is None:

@@ -5,6 +5,8 @@ two-node cluster is in test_executor_ray.py."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -211,6 +213,15 @@ def test_files_sent_back_skip_staged_and_links_and_never_leave_out_dir(tmp_path:
 def test_a_job_round_trips_as_plain_data() -> None:
     j = job(budget_seconds=5, setup_allowance_s=30, eval_cap_s=None)
     assert StageJob.from_dict(j.to_dict()) == j and j.deadline_s() == 2 * (5 + 30 + 600) + 600
+
+
+def test_what_a_ray_node_imports_to_run_a_stage_job_leaves_the_judge_and_scipy_out() -> None:
+    """A fresh Ray worker imports evolver.ray_executor before its first job; the judge's scipy took about
+    1.1 s of that, on every new worker, inside the pair's round trip."""
+    code = ("import sys, evolver.ray_executor, evolver.stage_job; "
+            "print(sorted(m for m in ('scipy', 'evolver.judge', 'evolver.promotion', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 # ------------------------------------------------------------------------------------------ settings

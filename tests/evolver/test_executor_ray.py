@@ -255,7 +255,7 @@ def test_a_pair_whose_node_dies_is_retried_on_another_node_or_lost_in_bounded_ti
     ex = RayExecutor(max_retries=1, options={"resources": {"spare": 0.01}})
 
     def pair(name: str) -> list[Any]:
-        return ex.submit_group([stage_job(tmp_path / name, run_data, harness, side=side, budget=20)
+        return ex.submit_group([stage_job(tmp_path / name, run_data, harness, side=side, budget=8)
                                 for side in ("parent", "candidate")])
 
     futures = pair("first")
