@@ -50,6 +50,10 @@ PER_SEED_STAGES = ("train", "evaluate")
 EARLY_STOP = "early-stop"
 """The failed_stage of a train stage the host stopped early (its learning curve was clearly below its
 parent's): a rejection, never a failure of the candidate's code (evolver/judge.py has the same name)."""
+CANCELLED = "cancelled"
+"""The failed_stage of a job the host cancelled because the run is stopping (Ctrl-C): its running stage was
+killed and no later one started. Nothing judges it: the run records nothing more (evolver/loop.py)."""
+CANCEL_REASON = "cancelled: the run is stopping"
 DEFAULT_TIMEOUTS: dict[str, float] = {"safety": 60.0, "smoke": 180.0, "trainability": 300.0, "evaluate": 600.0}
 SETUP_ALLOWANCE_S = 30.0
 """Host-measured seconds a train stage may spend beyond its budget: interpreter and torch start-up, data
@@ -293,12 +297,17 @@ def run_cascade(
     setup_allowance_s: float = SETUP_ALLOWANCE_S,
     eval_cap_s: float | None = None,
     stop: threading.Event | None = None,
+    cancel: threading.Event | None = None,
 ) -> CascadeResult:
     """Run the requested stages in order (train + evaluate per seed), stopping at the first failure.
 
     ``candidate_dir`` is a tree holding the candidate's ``hrm/`` (only that package is copied into the
     sandbox); ``harness_dir`` the pristine harness copy; ``data_dir`` the host-only run data with
     ``train`` and the held-out splits, of which ``heldout_split`` is scored.
+
+    ``stop``: the host's early stop of the train stage (evolver/early_stop.py). ``cancel``: set when the run
+    is stopping: the running stage is killed and no other starts (the result fails at CANCELLED). A train
+    stage watches ``stop`` when given, else ``cancel``: a caller with both sets both (LocalExecutor.close).
     """
     unknown = [s for s in stages if s not in ALL_STAGES]
     if unknown:
@@ -350,7 +359,12 @@ def run_cascade(
     evidence: dict[int, dict[str, Any]] = {}
     labels: np.ndarray | None = None
     inputs: np.ndarray | None = None
+    train_stop = stop if stop is not None else cancel
     for stage, seed in plan:
+        if cancel is not None and cancel.is_set():
+            result.stages.append(StageRun(stage, seed, False, CANCEL_REASON))
+            result.ok, result.failed_stage, result.failed_seed, result.reason = False, CANCELLED, seed, CANCEL_REASON
+            break
         name = stage if seed is None else f"{stage}-seed{seed}"
         stage_out = _fresh_dir(out_dir / name)
         os.chmod(stage_out, 0o777)
@@ -378,7 +392,7 @@ def run_cascade(
         spec = SandboxSpec(
             command=command, mounts=mounts, output_dir=stage_out, env=dict(env), workdir="/out",
             timeout_s=float(limits[stage]), memory_mb=memory_mb, cpus=cpus, gpus=gpus, gpu_ids=list(gpu_ids),
-            label=f"{label or 'cascade'}-{name}", stop=stop if stage == "train" else None,
+            label=f"{label or 'cascade'}-{name}", stop=train_stop if stage == "train" else cancel,
         )
         if progress:
             progress(stage, seed, "start", None)
@@ -387,7 +401,10 @@ def run_cascade(
             result.isolation, result.missing = list(outcome.isolation), list(outcome.missing)
         run = _judge(stage, seed, outcome, stage_out, float(limits[stage]),
                      budget_seconds=float(budget_seconds) if stage == "train" else None)
-        if outcome.stopped:  # the host's learning-curve early stop (evolver/early_stop.py), not a failure
+        cancelled = outcome.stopped and cancel is not None and cancel.is_set()
+        if cancelled:
+            run.ok, run.reason = False, f"{CANCEL_REASON} (killed after {outcome.duration_s:.1f}s)"
+        elif outcome.stopped:  # the host's learning-curve early stop (evolver/early_stop.py), not a failure
             run.ok = False
             run.reason = f"stopped early by the host after {outcome.duration_s:.1f}s: {getattr(stop, 'reason', '')}"
         if run.ok and gpus and stage in ("smoke", "trainability"):
@@ -438,7 +455,7 @@ def run_cascade(
         if progress:
             progress(stage, seed, "ok" if run.ok else "failed", run)
         if not run.ok:
-            failed = EARLY_STOP if outcome.stopped else stage
+            failed = CANCELLED if cancelled else EARLY_STOP if outcome.stopped else stage
             result.ok, result.failed_stage, result.failed_seed, result.reason = False, failed, seed, run.reason
             break
     result.evidence = [evidence[s] for s in sorted(evidence)]

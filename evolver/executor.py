@@ -25,7 +25,7 @@ from evolver.cascade import Progress
 from evolver.early_stop import EarlyStopRule, HostStop, PairWatch, enforced
 from evolver.judge import SideRun
 from evolver.ray_executor import RAY_MISSING, RayExecutor, ray_available
-from evolver.stage_job import Executor, StageJob, StageOutcome, run_stage_job, side_run, then
+from evolver.stage_job import CLOSE_WAIT_S, Executor, StageJob, StageOutcome, run_stage_job, side_run, then
 
 EXECUTOR_KINDS = ("local", "ray", "auto")
 
@@ -89,6 +89,9 @@ class LocalExecutor:
         self._pending: deque[list[tuple[StageJob, Progress | None, Future[StageOutcome]]]] = deque()
         self._lock = threading.Lock()
         self._host = socket.gethostname()
+        self._cancel = threading.Event()
+        self._running: dict[int, threading.Event] = {}  # slot -> the train-stage stop event of its job
+        self._idle = threading.Condition(self._lock)
 
     def submit(self, job: StageJob, progress: Progress | None = None) -> Future[StageOutcome]:
         return self.submit_group([job], [progress])[0]
@@ -103,8 +106,12 @@ class LocalExecutor:
         progress = list(progress or [None] * len(jobs))
         group = [(job, prog, Future()) for job, prog in zip(jobs, progress, strict=True)]
         with self._lock:
-            self._pending.append(group)  # type: ignore[arg-type]
-            self._dispatch()
+            if self._cancel.is_set():  # closed: nothing starts any more
+                for _job, _prog, future in group:
+                    future.cancel()
+            else:
+                self._pending.append(group)  # type: ignore[arg-type]
+                self._dispatch()
         return [future for _job, _prog, future in group]  # type: ignore[misc]
 
     def queued(self) -> int:
@@ -113,10 +120,12 @@ class LocalExecutor:
             return sum(len(group) for group in self._pending)
 
     def _dispatch(self) -> None:  # with the lock held
-        while self._pending and len(self._free) >= len(self._pending[0]):
+        while self._pending and len(self._free) >= len(self._pending[0]) and not self._cancel.is_set():
             for job, progress, future in self._pending.popleft():
                 self._free.sort()
                 slot = self.slots[self._free.pop(0)]
+                # the job's train-stage stop: the early stop's event when it has one; set by close()
+                self._running[slot.index] = self.stop_events.pop(job.out_dir, None) or threading.Event()
                 threading.Thread(target=self._work, args=(slot, job, progress, future), daemon=True,
                                  name=f"hrm-evolve-slot{slot.index}").start()
 
@@ -135,8 +144,10 @@ class LocalExecutor:
             error = exc
         finally:  # the slot is free before anyone learns the job is done, so the next pair finds both
             with self._lock:
+                self._running.pop(slot.index, None)
                 self._free.append(slot.index)
                 self._dispatch()
+                self._idle.notify_all()
         if not running:
             return
         if error is not None:
@@ -145,13 +156,27 @@ class LocalExecutor:
             future.set_result(outcome)  # type: ignore[arg-type]
 
     def _run_here(self, job: StageJob, slot: Slot, progress: Progress | None) -> StageOutcome:
-        result = run_stage_job(job, backend=self._backend, progress=progress, stop=self.stop_events.pop(job.out_dir, None))
+        with self._lock:
+            stop = self._running.get(slot.index)
+        result = run_stage_job(job, backend=self._backend, progress=progress, stop=stop, cancel=self._cancel)
         placement = {"executor": self.name, "hostname": self._host, "slot": slot.index,
                      "gpu_ids": list(job.options.get("gpu_ids") or [])}
         return StageOutcome(result.to_dict(), placement=placement)
 
-    def close(self) -> None:
-        """Nothing to release: each job's thread ends with its job."""
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Stop what still runs (a Ctrl-C, a stop of the run): the jobs not started never start (their futures
+        are cancelled) and each running job's sandbox is killed now, not left to its own limits after this
+        process exits; waits up to ``wait_s`` for the killed sandboxes to be cleaned up (a container removed,
+        a process group killed). A run that ended normally has nothing left, and this returns at once."""
+        with self._lock:
+            self._cancel.set()
+            for stop in self._running.values():
+                stop.set()
+            pending = [future for group in self._pending for _job, _prog, future in group]
+            self._pending.clear()
+            self._idle.wait_for(lambda: not self._running, timeout=wait_s)
+        for future in pending:
+            future.cancel()
 
 
 # ------------------------------------------------------------------------------------------ choosing

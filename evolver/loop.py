@@ -341,10 +341,10 @@ class EvolutionLoop:
         except StopRun as exc:
             self.stop_reason = str(exc)
         finally:
+            self.ctx.close_executor()  # first: a Ctrl-C's sandboxes still train on the worktrees _tidy removes
             self._tidy()
             self._save_fidelity()
             self.record.close()
-            self.ctx.close_executor()
         return self.outcomes
 
     def _save_fidelity(self) -> None:

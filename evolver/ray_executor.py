@@ -36,8 +36,9 @@ from typing import Any
 
 from evolver.cascade import Progress
 from evolver.shipping import collect_files, data_filter, pack, rebase_paths, tree_filter, unpack, write_files
-from evolver.stage_job import NODE_LOST, StageJob, StageOutcome, run_stage_job
+from evolver.stage_job import CLOSE_WAIT_S, NODE_LOST, StageJob, StageOutcome, run_stage_job
 
+CANCELLED_ERROR = "executor: cancelled: the run is stopping"
 POLL_S = 2.0
 """How often the driver looks at a pair's placement group while its tasks run."""
 RAY_MISSING = ("--executor ray needs Ray, which is not installed here: pip install -e '.[ray]' (on the driver "
@@ -146,6 +147,10 @@ def _describe(resources: dict[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items()) if not k.startswith("node:")) or "nothing"
 
 
+def _pair_needs(bundles: list[dict[str, float]]) -> str:
+    return " + ".join(_describe(b) for b in bundles)
+
+
 def _check_backend(job: StageJob) -> None:
     if not isinstance(job.options.get("backend", "auto"), str):
         raise TypeError("a Ray stage job names its sandbox backend (auto, docker, local); the node resolves it")
@@ -190,6 +195,9 @@ class RayExecutor:
         self._task = ray.remote(remote_stage)
         self._trees = _PutCache(cache_size)
         self._inputs = _PutCache(cache_size)
+        self._inflight: set[Any] = set()  # the ObjectRefs of the tasks submitted and not answered yet
+        self._inflight_lock = threading.Lock()
+        self._closing = threading.Event()
 
     def _put(self, cache: _PutCache, key: str, blob: Callable[[], bytes]) -> Any:
         return cache.get(key, lambda: self._ray.put(blob()))
@@ -205,14 +213,20 @@ class RayExecutor:
         return self._put(self._trees, digest, lambda: tree), harness_ref, data_ref
 
     def task_options(self, job: StageJob) -> dict[str, Any]:
-        o = job.options
+        return self._task_options(job.options)
+
+    def _task_options(self, o: dict[str, Any]) -> dict[str, Any]:
         cpus = max(float(o.get("cpus", 1.0)), float(o.get("threads", 1)))
         return {"num_cpus": cpus, "num_gpus": 1 if o.get("gpus") else 0, "max_retries": self.max_retries,
                 "retry_exceptions": False, **self.options}
 
     def bundle(self, job: StageJob) -> dict[str, float]:
         """What one job reserves in a placement group: its task's CPUs, GPU and custom resources."""
-        o = self.task_options(job)
+        return self.resources_of(job.options)
+
+    def resources_of(self, options: dict[str, Any]) -> dict[str, float]:
+        """The `bundle` of a job with these options (its cpus, threads and gpus; the run's probe asks this)."""
+        o = self._task_options(options)
         bundle = {"CPU": float(o["num_cpus"])}
         if o.get("num_gpus"):
             bundle["GPU"] = float(o["num_gpus"])
@@ -244,7 +258,7 @@ class RayExecutor:
         future.set_running_or_notify_cancel()
         submitted = time.monotonic()
         try:
-            ref = self._task.options(**self.task_options(job)).remote(job.to_dict(), *self._refs(job))
+            ref = self._track(self._task.options(**self.task_options(job)).remote(job.to_dict(), *self._refs(job)))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
             future.set_exception(exc)
             return future
@@ -289,7 +303,7 @@ class RayExecutor:
                 largest = {k: largest.get(k, 0.0) for k in bundles[0]}
                 return _fail_all(futures, where, (
                     f"executor: no node of the cluster can hold the {len(jobs)} sides of this pair at once "
-                    f"({' + '.join(_describe(b) for b in bundles)}; the largest node has {_describe(largest)}): "
+                    f"({_pair_needs(bundles)}; the largest node has {_describe(largest)}): "
                     "the sides of a pair train together on one node, so give one node that much, ask less per "
                     "sandbox (--cpus), or run with --serial-pairs"))
             inputs = [self._refs(job) for job in jobs]
@@ -298,13 +312,15 @@ class RayExecutor:
             if not group.wait(timeout_seconds=wait_s):
                 return _fail_all(futures, where, (
                     f"executor: no node had room for both sides of this pair within {wait_s:.0f}s "
-                    f"({' + '.join(_describe(b) for b in bundles)} on one node)"))
+                    f"({_pair_needs(bundles)} on one node)"))
             queued = time.monotonic() - started
+            if self._closing.is_set():  # closed while the group waited for room: nothing starts
+                return _fail_all(futures, where, CANCELLED_ERROR)
             refs = []
             for i, (job, prog) in enumerate(zip(jobs, progress, strict=True)):
                 strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i)
-                refs.append(self._task.options(**{**self.task_options(job), "scheduling_strategy": strategy})
-                            .remote(job.to_dict(), *inputs[i]))
+                refs.append(self._track(self._task.options(**{**self.task_options(job), "scheduling_strategy": strategy})
+                                        .remote(job.to_dict(), *inputs[i])))
                 if prog:
                     prog("train", int(job.seed), "start", None)
             submitted = time.monotonic()
@@ -333,6 +349,8 @@ class RayExecutor:
               bundles: list[dict[str, float]] | None = None) -> None:
         try:
             outcome = self._answer(job, ref, group, bundles)
+            with self._inflight_lock:
+                self._inflight.discard(ref)
             outcome.placement.update(extra)
             outcome.placement["round_trip_s"] = round(time.monotonic() - submitted, 3)
             if outcome.files:
@@ -373,16 +391,20 @@ class RayExecutor:
                     return StageOutcome(None, placement=where, error=(
                         f"{NODE_LOST} {time.monotonic() - started:.0f}s after submission: the node holding this "
                         f"pair's placement group is gone and no alive node can hold the pair "
-                        f"({' + '.join(_describe(b) for b in bundles)})"))
+                        f"({_pair_needs(bundles)})"))
         except ray.exceptions.GetTimeoutError:
             ray.cancel(ref, force=True)
             return StageOutcome(None, placement=where, error=(
                 f"{NODE_LOST} or unresponsive: no answer from the cluster after {timeout:.0f}s (the task was "
                 "cancelled)"))
         except ray.exceptions.RayTaskError as exc:
+            if self._closing.is_set():  # the task's KeyboardInterrupt of close(), raised out of the job
+                return StageOutcome(None, placement=where, error=CANCELLED_ERROR)
             return StageOutcome(None, placement=where, error=(
                 f"executor: the stage job raised on its node: {_plain(exc)[-1500:]}"))
         except _lost_errors(ray) as exc:
+            if self._closing.is_set():
+                return StageOutcome(None, placement=where, error=CANCELLED_ERROR)
             waited = time.monotonic() - started
             return StageOutcome(None, placement=where, error=(
                 f"{NODE_LOST} {waited:.0f}s after submission, with {self.max_retries} retr"
@@ -391,6 +413,30 @@ class RayExecutor:
             return StageOutcome(None, placement=where, error=(
                 f"executor: Ray could not run the job ({type(exc).__name__}: {_plain(exc)[:500]})"))
 
-    def close(self) -> None:
-        if self._owns_connection and self._ray.is_initialized():
-            self._ray.shutdown()
+    def _track(self, ref: Any) -> Any:
+        with self._inflight_lock:
+            self._inflight.add(ref)
+        return ref
+
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Cancel the tasks still running (a Ctrl-C, a stop of the run), so their sandboxes are killed on their
+        nodes now rather than left to their own limits: each gets a KeyboardInterrupt in its worker, and the
+        sandbox backend kills and cleans up what it started; waits up to ``wait_s`` for them to end. Then the
+        connection is closed (when this executor opened it)."""
+        ray = self._ray
+        self._closing.set()
+        with self._inflight_lock:
+            refs = list(self._inflight)
+            self._inflight.clear()
+        if refs and ray.is_initialized():
+            for ref in refs:
+                try:
+                    ray.cancel(ref)
+                except Exception:  # noqa: BLE001 - already finished, or the cluster is gone
+                    pass
+            try:
+                ray.wait(refs, num_returns=len(refs), timeout=wait_s)
+            except Exception:  # noqa: BLE001 - nothing more to wait for then
+                pass
+        if self._owns_connection and ray.is_initialized():
+            ray.shutdown()

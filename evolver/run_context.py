@@ -198,9 +198,8 @@ class RunContext:
         s = self.settings
         if not hasattr(self.executor, "groups_at_once"):  # an executor that cannot tell
             return max(1, self.workers() // (2 if s.side_by_side else 1))
-        probe = StageJob("parent", 0, "probe", "", "", "", "", {
-            "cpus": self.sandbox_cpus(), "threads": self.stage_threads(), "gpus": s.gpus})
-        return int(self.executor.groups_at_once([self.executor.bundle(probe)] * (2 if s.side_by_side else 1)))
+        side = self.executor.resources_of({"cpus": self.sandbox_cpus(), "threads": self.stage_threads(), "gpus": s.gpus})
+        return int(self.executor.groups_at_once([side] * (2 if s.side_by_side else 1)))
 
     def check_cluster(self) -> None:
         """Stop the run before the baseline when no node of the Ray cluster can train a seed pair (both sides

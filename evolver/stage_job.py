@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from evolver.judge import SideRun
 
 NODE_LOST = "executor: node lost"
+CLOSE_WAIT_S = 60.0
+"""How long closing an executor (a Ctrl-C) waits for the sandboxes it stopped to be cleaned up."""
 RETURN_MARGIN_S = 600.0
 """Seconds a remote job may take beyond its stages' limits (shipping, unpacking, a retry's queue) before the
 driver stops waiting, cancels it and records the side as lost."""
@@ -132,9 +134,10 @@ def then(future: Future[T], fn: Callable[[T], U]) -> Future[U]:
 
 
 def run_stage_job(job: StageJob, *, backend: Any = None, progress: Progress | None = None,
-                  stop: threading.Event | None = None) -> CascadeResult:
+                  stop: threading.Event | None = None, cancel: threading.Event | None = None) -> CascadeResult:
     """The job on this host: the same run_cascade call the loop makes (``backend``: a resolved backend to use
-    instead of the job's backend name; ``stop``: the host's early stop of its train stage)."""
+    instead of the job's backend name; ``stop``: the host's early stop of its train stage; ``cancel``: the
+    run is stopping, kill the running stage)."""
     options = dict(job.options)
     manifest = options.pop("manifest_data", None)
     if manifest is not None:  # the safety manifest travels as data (a remote node has none of the driver's files)
@@ -147,7 +150,7 @@ def run_stage_job(job: StageJob, *, backend: Any = None, progress: Progress | No
     elif isinstance(options.get("backend", "auto"), str):
         options["backend"] = get_backend(options.get("backend", "auto"), image=job.image)
     return run_cascade(Path(job.tree), Path(job.harness_dir), Path(job.data_dir), Path(job.out_dir),
-                       seeds=[int(job.seed)], progress=progress, stop=stop, **options)
+                       seeds=[int(job.seed)], progress=progress, stop=stop, cancel=cancel, **options)
 
 
 class Executor(Protocol):

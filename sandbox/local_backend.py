@@ -549,6 +549,9 @@ class LocalBackend:
                         proc.wait(timeout=KILL_GRACE_S)
                     except subprocess.TimeoutExpired:
                         pass
+                except BaseException:  # interrupted while waiting (a cancelled Ray task): the sandbox goes too
+                    kill("interrupted")
+                    raise
                 quota_msg = quota.exceeded
                 stopped = quota.stopped
             t_cmd1 = time.monotonic()

@@ -5,6 +5,7 @@ two-node cluster is in test_executor_ray.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evolver.cascade import CascadeResult, StageRun
+from evolver.cascade import CANCEL_REASON, CANCELLED, CascadeResult, StageRun
 from evolver.executor import ExecutorSides, LocalExecutor, Slot, executor_kind
 from evolver.judge import EXECUTOR_STAGE, CandidateJudge, SideRun
 from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
@@ -22,6 +23,7 @@ from evolver.ray_executor import RAY_MISSING
 from evolver.settings import load_settings
 from evolver.shipping import collect_files, pack, unpack, write_files
 from evolver.stage_job import NODE_LOST, StageJob, StageOutcome, side_run
+from tests.processes import alive, training_under
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,6 +98,33 @@ def test_two_real_cascades_side_by_side_on_local_slots(run_data: Path, harness: 
     assert [o.placement["slot"] for o in outcomes] == [0, 1]
     first_done = min(events.index((side, "train", "ok")) for side in sides)
     assert {("parent", "train", "start"), ("candidate", "train", "start")} <= set(events[:first_done])
+
+
+@pytest.mark.usefixtures("require_local_sandbox")
+def test_closing_local_slots_kills_the_running_sandboxes_and_starts_nothing_more(
+        run_data: Path, harness: Path, tmp_path: Path) -> None:
+    """What a Ctrl-C does to the run's slots (the loop closes its executor on the way out): both sides of a
+    pair training at a 60 s budget are killed at once and come back cancelled at their train stage (no
+    evaluate starts), the job waiting for a slot never starts, and nothing submitted afterwards does."""
+    def one(side: str, seed: int = 0) -> StageJob:
+        return StageJob(side, seed, "selection", str(REPO), str(harness), str(run_data), str(tmp_path / f"{side}{seed}"),
+                        {"task": "sudoku4", "budget_seconds": 60, "backend": "local", "stages": ["train", "evaluate"],
+                         "threads": 1, "cpus": 1.0, "label": f"t-{side}"})
+
+    ex = LocalExecutor(2)
+    pair = ex.submit_group([one("parent"), one("candidate")])
+    waiting = ex.submit(one("parent", 1))
+    training = training_under(os.getpid(), count=2)
+    time.sleep(1.0)
+    closing = time.monotonic()
+    ex.close()
+    assert time.monotonic() - closing < 20
+    assert not alive(training)
+    for future in pair:
+        result = future.result(timeout=5).cascade()
+        assert result is not None and result.failed_stage == CANCELLED, result and result.reason
+        assert [s.stage for s in result.stages] == ["train"] and result.reason.startswith(CANCEL_REASON)
+    assert waiting.cancelled() and ex.submit(one("candidate", 1)).cancelled()
 
 
 # ------------------------------------------------------------------------------------------ the judge

@@ -19,6 +19,7 @@ from evolver.judge import EXECUTOR_STAGE
 from evolver.ray_executor import RayExecutor
 from evolver.stage_job import NODE_LOST, StageJob, side_run
 from tests.availability import skip_or_fail
+from tests.processes import alive, cmdline, descendants, training_under, wait_gone
 
 REPO = Path(__file__).resolve().parents[2]
 LOST_WITHIN_S = 60.0
@@ -63,53 +64,8 @@ def stage_job(tmp: Path, run_data: Path, harness: Path, *, budget: float = 2.0, 
                      "stages": ["train", "evaluate"], "threads": 1, "cpus": cpus, "label": "ray-test"})
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return found
-
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = _children(todo.pop())
-        out += kids
-        todo += kids
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _training_under(raylet_pid: int, timeout: float = 120.0) -> list[int]:
-    """The pids of the `smoketests train` sandbox processes below that raylet, once there are some."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = [p for p in _descendants(raylet_pid) if "smoketests train" in _cmdline(p)]
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError("the job never started training on the node")
-
-
 def _raylet_pid(node: Any) -> int:
     return int(node.all_processes["raylet"][0].process.pid)
-
-
-def _alive(pids: list[int]) -> list[int]:
-    return [p for p in pids if os.path.exists(f"/proc/{p}") and "smoketests" in _cmdline(p)]
 
 
 def test_a_stage_job_runs_on_the_second_node_and_its_files_land_on_the_driver(
@@ -142,7 +98,7 @@ def test_a_stage_job_runs_on_the_second_node_and_its_files_land_on_the_driver(
 
 def _kill_while_training(cluster: Any, ex: RayExecutor, job: StageJob, node: Any) -> tuple[Any, float, list[int]]:
     future = ex.submit(job)
-    training = _training_under(_raylet_pid(node))
+    training = training_under(_raylet_pid(node))
     time.sleep(1.0)  # well inside the train stage
     killed = time.monotonic()
     cluster.remove_node(node, allow_graceful=False)
@@ -160,10 +116,7 @@ def test_a_lost_node_without_retries_gives_a_failed_side_in_bounded_time(
     assert outcome.result is None and outcome.error.startswith(NODE_LOST), outcome.error
     run = side_run(outcome, "exact_accuracy")
     assert not run.ok and run.failed_stage == EXECUTOR_STAGE and run.reason.startswith(NODE_LOST)
-    deadline = time.monotonic() + 15
-    while _alive(training) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(training)  # the sandbox died with its node's worker
+    assert not wait_gone(training, 15)  # the sandbox died with its node's worker
 
 
 def test_a_lost_node_with_a_retry_runs_the_job_again_elsewhere(
@@ -238,7 +191,7 @@ def _node_training(nodes: list[Any], timeout: float = 120.0) -> tuple[Any, list[
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for node in nodes:
-            found = [p for p in _descendants(_raylet_pid(node)) if "smoketests train" in _cmdline(p)]
+            found = [p for p in descendants(_raylet_pid(node)) if "smoketests train" in cmdline(p)]
             if len(found) >= 2:
                 return node, found
         time.sleep(0.2)
@@ -267,7 +220,7 @@ def test_a_pair_whose_node_dies_is_retried_on_another_node_or_lost_in_bounded_ti
     for outcome in outcomes:
         assert not outcome.error, outcome.error
         assert outcome.cascade().ok and outcome.placement["node_id"] == survivor.node_id  # type: ignore[union-attr]
-    assert not _alive(training)
+    assert not alive(training)
 
     futures = pair("second")
     victim, training = _node_training([survivor])
@@ -280,6 +233,25 @@ def test_a_pair_whose_node_dies_is_retried_on_another_node_or_lost_in_bounded_ti
         assert outcome.result is None and outcome.error.startswith(NODE_LOST), outcome.error
         assert "no alive node can hold the pair" in outcome.error  # given up, not left to its deadline
         assert side_run(outcome, "exact_accuracy").failed_stage == EXECUTOR_STAGE
+
+
+def test_closing_the_executor_cancels_its_running_tasks_and_kills_their_sandboxes(
+        cluster: Any, run_data: Path, harness: Path, tmp_path: Path) -> None:
+    """A Ctrl-C of the run closes its executor: the task still training on its node is cancelled, and its
+    sandbox is killed there at once, not left to train to its budget (60 s here) after the driver is gone."""
+    node = cluster.add_node(num_cpus=1, resources={"closing": 1})
+    cluster.wait_for_nodes()
+    ex = RayExecutor(options={"resources": {"closing": 0.01}})
+    future = ex.submit(stage_job(tmp_path, run_data, harness, budget=60))
+    training = training_under(_raylet_pid(node))
+    time.sleep(1.0)
+    closed = time.monotonic()
+    ex.close(wait_s=30)
+    assert time.monotonic() - closed < 30
+    assert not wait_gone(training, 5)
+    outcome = future.result(timeout=30)
+    assert outcome.result is None and outcome.error == "executor: cancelled: the run is stopping", outcome.error
+    cluster.remove_node(node)
 
 
 def test_ray_error_texts_lose_their_colour_codes() -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,61 @@ def test_the_main_command_screens_a_batch_for_real_and_records_the_screen(repo: 
     hist = subprocess.run([sys.executable, str(EVOLVE), "history", "--repo", str(repo), "--json"],
                           capture_output=True, text=True, timeout=120)
     assert hist.returncode == 0 and "screened-out" in hist.stdout, hist.stdout + hist.stderr
+
+
+
+def _training_sandboxes(backend: str, owner: int, count: int = 2, timeout: float = 240.0) -> Callable[[], list[str]]:
+    """Wait until ``count`` sandboxes of the process ``owner`` train; a function giving the ones still there
+    (docker: its containers by their owner label, running or not, so a container left behind counts)."""
+    import time
+
+    from tests.processes import training_under, wait_gone
+
+    if backend == "local":
+        pids = training_under(owner, count=count, timeout=timeout)
+        return lambda: [str(p) for p in wait_gone(pids, 5)]
+    import docker
+
+    from sandbox.docker_backend import PID_LABEL
+
+    client = docker.from_env()
+    mine = {"label": f"{PID_LABEL}={owner}"}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = client.containers.list(filters=mine)
+        if sum("smoketests train" in " ".join(c.attrs["Config"]["Cmd"] or []) for c in running) >= count:
+            return lambda: [c.name for c in client.containers.list(all=True, filters=mine)]
+        time.sleep(0.3)
+    raise AssertionError(f"fewer than {count} containers of pid {owner} ever trained")
+
+
+@pytest.mark.parametrize("backend", [pytest.param("docker", marks=pytest.mark.docker), "local"])
+def test_ctrl_c_stops_the_run_at_once_leaves_no_sandbox_behind_and_says_how_to_resume(backend: str,
+                                                                                       tmp_path: Path) -> None:
+    """SIGINT (what Ctrl-C sends) while the baseline's two seeds train side by side at a 60 s budget: the
+    main command ends within seconds, its sandboxes are gone with it (a container is removed, not left to
+    train on after the run), and it prints the resume command."""
+    import signal
+    import time
+
+    if backend == "docker":
+        from tests.sandbox.conftest import require_docker
+
+        require_docker()
+    repo = _snapshot(tmp_path / "repo")
+    cmd = [sys.executable, str(EVOLVE), "--repo", str(repo), "--provider", "offline", "--cycles", "2",
+           "--auto-apply", "--budget-seconds", "60", "--seeds", "0,1", "--backend", backend, "--literature", "off",
+           "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        left = _training_sandboxes(backend, proc.pid)
+        time.sleep(1.0)
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert time.monotonic() - interrupted < 45, out[-3000:]
+    assert not left(), (left(), out[-3000:])
+    assert "interrupted; nothing recorded is lost" in out and "--resume" in out, out[-3000:]
