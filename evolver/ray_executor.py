@@ -34,11 +34,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from evolver.cascade import Progress
+from evolver.cascade import CANCEL_REASON, Progress
 from evolver.shipping import collect_files, data_filter, pack, rebase_paths, tree_filter, unpack, write_files
 from evolver.stage_job import CLOSE_WAIT_S, NODE_LOST, StageJob, StageOutcome, run_stage_job
 
-CANCELLED_ERROR = "executor: cancelled: the run is stopping"
+CANCELLED_ERROR = f"executor: {CANCEL_REASON}"
 POLL_S = 2.0
 """How often the driver looks at a pair's placement group while its tasks run."""
 RAY_MISSING = ("--executor ray needs Ray, which is not installed here: pip install -e '.[ray]' (on the driver "
