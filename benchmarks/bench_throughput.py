@@ -172,7 +172,7 @@ def executor_overheads(results: list[dict[str, Any]], run_dir: Path) -> dict[str
                 for key, values in shipping.items():
                     if key in placement:
                         values.append(float(placement[key]))
-    return {"values": parts["outside"], "parts": parts, "shipping": shipping, "sides": sides,
+    return {"parts": parts, "shipping": shipping, "sides": sides,
             "no_round_trip": no_round_trip, "no_cascade": no_cascade, "executors": dict(executors)}
 
 
@@ -183,9 +183,9 @@ def _stats(values: list[float]) -> str:
 def describe_overhead(o: dict[str, Any] | None) -> str:
     if not o or not o.get("sides"):
         return "no seed pairs"
-    if o["values"]:
-        parts = o.get("parts") or {}
-        text = f"{_stats(o['values'])}, n {len(o['values'])}; of which " + ", ".join(
+    parts = o["parts"]
+    if parts["outside"]:
+        text = f"{_stats(parts['outside'])}, n {len(parts['outside'])}; of which " + ", ".join(
             f"{k} {statistics.median(parts[k]):.2f}" for k in PARTS[1:] if parts.get(k)) + " (medians)"
         missing = o["no_round_trip"] + o["no_cascade"]
         return text + (f" ({missing} of {o['sides']} sides without a figure)" if missing else "")
@@ -524,7 +524,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
     for r in rows:
         if r.get("ok") and r["mode"] == "ray":
             o = r["overhead"]
-            ray_s = (o.get("parts") or {}).get("executor") or []
+            ray_s = o["parts"]["executor"]
             print(f"ray overhead per task, what the executor adds (queued_s + round_trip_s - the node's cascade_s; "
                   f"target < {TARGET_OVERHEAD_S:g} s): " + (
                       f"{_stats(ray_s)}, n {len(ray_s)}: {'MET' if max(ray_s) < TARGET_OVERHEAD_S else 'not met'} (max)"
