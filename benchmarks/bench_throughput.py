@@ -142,6 +142,7 @@ def executor_overheads(results: list[dict[str, Any]], run_dir: Path) -> dict[str
     Returns the lists by part, the Ray shipping figures, and counts of the sides that could not give one."""
     parts: dict[str, list[float]] = {k: [] for k in PARTS}
     shipping: dict[str, list[float]] = {"unpack_s": [], "collect_s": [], "bytes_sent": []}
+    workers: dict[str, list[float]] = {"fresh": [], "warm": []}  # Ray's executor part by worker freshness
     sides = no_round_trip = no_cascade = 0
     executors: Counter[str] = Counter()
     for r in results:
@@ -168,11 +169,14 @@ def executor_overheads(results: list[dict[str, Any]], run_dir: Path) -> dict[str
                 parts["sandbox"].append(sandbox)
                 parts["host"].append(ran - commands - sandbox)
                 if "cascade_s" in placement:
-                    parts["executor"].append(float(placement.get("queued_s") or 0.0) + float(trip) - ran)
+                    part = float(placement.get("queued_s") or 0.0) + float(trip) - ran
+                    parts["executor"].append(part)
+                    if "worker_task" in placement:
+                        workers["fresh" if int(placement["worker_task"]) == 1 else "warm"].append(part)
                 for key, values in shipping.items():
                     if key in placement:
                         values.append(float(placement[key]))
-    return {"parts": parts, "shipping": shipping, "sides": sides,
+    return {"parts": parts, "shipping": shipping, "workers": workers, "sides": sides,
             "no_round_trip": no_round_trip, "no_cascade": no_cascade, "executors": dict(executors)}
 
 
@@ -194,6 +198,19 @@ def describe_overhead(o: dict[str, Any] | None) -> str:
     return f"not measured: {o['no_round_trip']} sides without round_trip_s, {o['no_cascade']} without cascade.json"
 
 
+def pair_walls(results: list[dict[str, Any]], side_by_side: bool) -> list[float]:
+    """Each seed pair's wall seconds from its sides' round trips: the longer of the two when they run side by
+    side, their sum when one runs after the other (serial). Pairs without both figures are left out."""
+    walls = []
+    for r in results:
+        for pair in (r.get("judgement") or {}).get("pairs") or []:
+            trips = [((pair.get(f"{side}_evidence") or {}).get("executor") or {}).get("round_trip_s")
+                     for side in ("parent", "candidate")]
+            if all(t is not None for t in trips):
+                walls.append(max(map(float, trips)) if side_by_side else sum(map(float, trips)))
+    return walls
+
+
 def summarize(mode: str, child: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The figures of one mode from its child's summary (results, times) and its run folder."""
     results = [r for r in child.get("results") or [] if r and r.get("verdict")]
@@ -204,6 +221,7 @@ def summarize(mode: str, child: dict[str, Any], run_dir: Path) -> dict[str, Any]
     later = baselines[1:]
     pairs = sum(len((r.get("judgement") or {}).get("pairs") or []) for r in results)
     stored = [float(r["non_training_share"]) for r in results if r.get("non_training_share") is not None]
+    walls = pair_walls(results, MODE_SETTINGS[mode].get("side_by_side", True))
     return {
         "mode": mode, "ok": True, "run_id": child.get("run_id"), "stop_reason": child.get("stop_reason"),
         "candidates": len(results), "verdicts": dict(Counter(str(r["verdict"]) for r in results)),
@@ -213,6 +231,8 @@ def summarize(mode: str, child: dict[str, Any], run_dir: Path) -> dict[str, Any]
         "remeasured_bests_s": sum(float(b["end"]) - float(b["start"]) for b in later),
         "per_hour": per_hour(len(results), after),
         "seconds_per_pair": after / pairs if after and pairs else None, "per_hour_with_baseline": per_hour(len(results), loop_s),
+        "pair_wall_s": statistics.fmean(walls) if walls else None,
+        "outside_pairs_per_candidate_s": (after - sum(walls)) / len(results) if after and results and walls else None,
         "non_training_timings": timings_share(results), "non_training_wall": wall_share(results, after),
         "candidate_training_s": candidate_training_seconds(results),
         "mean_result_non_training_share": statistics.fmean(stored) if stored else None,
@@ -242,6 +262,21 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_num(r['non_training_timings'], '17.1%')} {_num(r['non_training_wall'], '14.1%')}  "
             f"{describe_overhead(r.get('overhead'))}")
     return "\n".join(lines)
+
+
+def equal_work(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Candidates per hour of serial and parallel at the same verdict work: how many pairs a verdict takes is
+    the sequential test's stopping time, which differs between two runs by chance (each has its own secret
+    splits and noise), so both are put at the pooled mean pairs per verdict P of the two runs:
+    3600 / (the mode's seconds per candidate outside its pairs + P x its mean pair wall seconds)."""
+    by = {r["mode"]: r for r in rows if r.get("ok")}
+    if not all(by.get(m, {}).get("pair_wall_s") and by[m].get("outside_pairs_per_candidate_s") is not None
+               and by[m]["candidates"] for m in ("serial", "parallel")):
+        return None
+    mean_pairs = sum(by[m]["pairs"] for m in ("serial", "parallel")) / sum(by[m]["candidates"] for m in ("serial", "parallel"))
+    hourly = {m: 3600.0 / (by[m]["outside_pairs_per_candidate_s"] + mean_pairs * by[m]["pair_wall_s"])
+              for m in ("serial", "parallel")}
+    return {"pairs_per_verdict": mean_pairs, "per_hour": hourly, "speedup": hourly["parallel"] / hourly["serial"]}
 
 
 def speedup(rows: list[dict[str, Any]]) -> float | None:
@@ -496,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                 "command": command, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                 "targets": {"speedup": TARGET_SPEEDUP, "non_training_share": TARGET_NON_TRAINING,
                             "ray_overhead_s": TARGET_OVERHEAD_S},
-                "speedup": speedup(rows), "modes": rows}, indent=1, default=str) + "\n")
+                "speedup": speedup(rows), "equal_work": equal_work(rows), "modes": rows}, indent=1, default=str) + "\n")
             print(f"figures: {args.json}")
         if args.keep:
             print(f"kept: {tmp} (evolve.py history/report --repo {tmp}/<mode>/repo)")
@@ -529,6 +564,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
                   f"target < {TARGET_OVERHEAD_S:g} s): " + (
                       f"{_stats(ray_s)}, n {len(ray_s)}: {'MET' if max(ray_s) < TARGET_OVERHEAD_S else 'not met'} (max)"
                       if ray_s else "not measured (no cascade_s in the placements)"))
+            fresh, warm = (o.get("workers") or {}).get("fresh"), (o.get("workers") or {}).get("warm")
+            if fresh or warm:
+                print(f"  by worker: fresh (Ray started the process for this task) {len(fresh or [])}"
+                      + (f" ({_stats(fresh)})" if fresh else "") + f"; warm {len(warm or [])}"
+                      + (f" ({_stats(warm)})" if warm else ""))
             ship = o.get("shipping") or {}
             if ship.get("bytes_sent"):
                 print(f"  of it, on the node: unpack median {statistics.median(ship['unpack_s']):.3f} s, collect "
@@ -548,6 +588,15 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, command: str) -
     if by.get("serial", {}).get("seconds_per_pair") and by.get("parallel", {}).get("seconds_per_pair"):
         print(f"  per seed pair (wall s / pairs, which does not depend on how many pairs the verdicts took): "
               f"{by['serial']['seconds_per_pair'] / by['parallel']['seconds_per_pair']:.2f}x")
+    same = equal_work(rows)
+    if same:
+        print(f"  per candidate at equal verdict work ({same['pairs_per_verdict']:.2f} pairs per verdict, the two runs' "
+              f"pooled mean; each mode's own mean pair wall s and seconds per candidate outside pairs): serial "
+              f"{same['per_hour']['serial']:.1f}/h, parallel {same['per_hour']['parallel']:.1f}/h: "
+              f"{same['speedup']:.2f}x {'MET' if same['speedup'] >= TARGET_SPEEDUP else 'not met'}")
+        for m in ("serial", "parallel"):
+            print(f"    {m}: mean pair wall {by[m]['pair_wall_s']:.1f} s, outside pairs "
+                  f"{by[m]['outside_pairs_per_candidate_s']:.1f} s per candidate")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ them into its out_dir. The git record and every verdict stay on the driver.
 
 The two sides of a seed pair are one placement group (STRICT_PACK: one bundle per side, on one node), so
 they train at the same time on the same machine, as they do on local slots; a pair no node can hold is an
-error at once, not a wait. A task whose node dies is retried (``max_retries``); when the retries run out,
+error at once, not a wait. A pair's group is kept for the next pair of the same shape for IDLE_GROUP_S
+(Ray takes about a second to free a removed group's resources for a new one, which the next pair would
+wait for), then removed; a single task, or a pair of another shape, releases the idle groups at once. A task whose node dies is retried (``max_retries``); when the retries run out,
 or no answer comes within the job's deadline, the outcome carries an ``error`` ("executor: node lost ...")
 that the loop turns into a failed side, which voids the pair (evolver/judge.py).
 
@@ -35,12 +37,17 @@ from pathlib import Path
 from typing import Any
 
 from evolver.cascade import CANCEL_REASON, Progress
+from evolver.ray_groups import GroupPool
 from evolver.shipping import collect_files, data_filter, pack, rebase_paths, tree_filter, unpack, write_files
 from evolver.stage_job import CLOSE_WAIT_S, NODE_LOST, StageJob, StageOutcome, run_stage_job
 
 CANCELLED_ERROR = f"executor: {CANCEL_REASON}"
 POLL_S = 2.0
 """How often the driver looks at a pair's placement group while its tasks run."""
+IDLE_GROUP_S = 10.0
+"""How long a pair's placement group waits, reserved, for the next pair of the same shape before it is removed
+(the loop submits a candidate's next pair within a second of the last one's answers; between candidates, the
+gates and the proposal take longer, and the group is gone by then)."""
 RAY_MISSING = ("--executor ray needs Ray, which is not installed here: pip install -e '.[ray]' (on the driver "
                "and on every node)")
 
@@ -48,23 +55,32 @@ RAY_MISSING = ("--executor ray needs Ray, which is not installed here: pip insta
 # ------------------------------------------------------------------------------------------ on a Ray node
 
 
+_WORKER = {"tasks": 0, "loaded": time.monotonic()}
+"""This worker process: how many stage jobs it has started, and when it loaded this module (its first job's
+deserialization, for a fresh worker)."""
+
+
 def _ray_placement() -> dict[str, Any]:
     import ray
 
     context = ray.get_runtime_context()
+    _WORKER["tasks"] += 1
     return {"executor": "ray", "node_id": context.get_node_id(), "hostname": socket.gethostname(),
             "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "worker_task": _WORKER["tasks"],
+            "worker_age_s": round(time.monotonic() - _WORKER["loaded"], 3)}
 
 
 def remote_stage(job_data: dict[str, Any], tree: bytes, harness: bytes, data: bytes) -> dict[str, Any]:
     """Run one stage job on this node (the body of the Ray task): unpack the inputs into a temp folder, run
     the cascade with this node's sandbox backend and the GPUs Ray gave the task, send back the result and
-    the stage folders' files."""
+    the stage folders' files. The placement says whether the worker was fresh (``worker_task`` 1 and a small
+    ``worker_age_s``: Ray started a process for this task)."""
     started = time.monotonic()
     job = StageJob.from_dict(job_data)
     placement = _ray_placement()
-    root = Path(tempfile.mkdtemp(prefix="hrm-evolve-job-"))
+    placement["stale_removed"] = sweep_stale_jobs(Path(tempfile.gettempdir()))
+    root = Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{os.getpid()}-"))
     try:
         os.chmod(root, 0o755)
         options = dict(job.options)
@@ -84,6 +100,33 @@ def remote_stage(job_data: dict[str, Any], tree: bytes, harness: bytes, data: by
         return StageOutcome(rebase_paths(result, here.out_dir, job.out_dir), files, placement).to_dict()
     finally:
         shutil.rmtree(root, onerror=_force_remove)
+
+
+JOB_PREFIX = "hrm-evolve-job-"
+"""A job's temp folder on its node: JOB_PREFIX, the worker's pid, "-", a random part."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_jobs(tmp: Path) -> int:
+    """Remove the job folders (a candidate's code, the held-out split) that workers killed mid-job left in
+    ``tmp`` (a node that died, a task cancelled by force): those whose worker pid is no longer alive. Returns
+    how many went."""
+    removed = 0
+    for folder in tmp.glob(f"{JOB_PREFIX}*-*"):
+        pid = folder.name[len(JOB_PREFIX):].partition("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)) and folder.is_dir():
+            shutil.rmtree(folder, onerror=_force_remove)
+            removed += 1
+    return removed
 
 
 def _force_remove(func: Callable[[str], Any], path: str, _exc: Any) -> None:
@@ -172,12 +215,13 @@ class RayExecutor:
     job asks for GPUs, retried ``max_retries`` times when its node or worker dies (never when the job itself
     raised). ``options``: extra Ray task options for every job (resources, a scheduling strategy; the sides
     of a pair, `submit_group`, always get their placement group's strategy).
-    ``timeout_s``: how long to wait for one job (default: its train + evaluate limits + RETURN_MARGIN_S)."""
+    ``timeout_s``: how long to wait for one job (default: its train + evaluate limits + RETURN_MARGIN_S).
+    ``idle_group_s``: how long a finished pair's placement group is kept for the next pair (evolver/ray_groups.py)."""
 
     name = "ray"
 
     def __init__(self, address: str | None = None, *, max_retries: int = 2, options: dict[str, Any] | None = None,
-                 timeout_s: float | None = None, cache_size: int = 4) -> None:
+                 timeout_s: float | None = None, cache_size: int = 4, idle_group_s: float = IDLE_GROUP_S) -> None:
         if not ray_available():
             raise RuntimeError(RAY_MISSING)
         import ray
@@ -198,6 +242,15 @@ class RayExecutor:
         self._inflight: set[Any] = set()  # the ObjectRefs of the tasks submitted and not answered yet
         self._inflight_lock = threading.Lock()
         self._closing = threading.Event()
+        self._groups = GroupPool(idle_group_s, self._remove_group, self._placed)
+
+    def _remove_group(self, group: Any) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(group)
+
+    def _placed(self, group: Any) -> bool:
+        return self._ray.util.placement_group_table(group).get("state") == "CREATED"
 
     def _put(self, cache: _PutCache, key: str, blob: Callable[[], bytes]) -> Any:
         return cache.get(key, lambda: self._ray.put(blob()))
@@ -256,6 +309,7 @@ class RayExecutor:
         _check_backend(job)
         future: Future[StageOutcome] = Future()
         future.set_running_or_notify_cancel()
+        self._groups.release_all()  # an idle pair's reservation may hold the room this task needs
         submitted = time.monotonic()
         try:
             ref = self._track(self._task.options(**self.task_options(job)).remote(job.to_dict(), *self._refs(job)))
@@ -264,7 +318,7 @@ class RayExecutor:
             return future
         if progress:
             progress("train", int(job.seed), "queued", None)
-        threading.Thread(target=self._wait, args=(job, ref, progress, future, submitted, {}), daemon=True,
+        threading.Thread(target=self._settle, args=(future, job, ref, progress, submitted, {}), daemon=True,
                          name=f"hrm-evolve-ray-{job.side}-{job.seed}").start()
         return future
 
@@ -274,8 +328,9 @@ class RayExecutor:
         a bundle per job, reserved before any job is submitted, so the sides start at once on the same
         machine, neither waiting in Ray's queue while the other trains. A group no alive node can hold fails
         at once, and one still waiting for room after the jobs' deadline fails then: each future gets an
-        outcome with the executor's error (which voids the pair). The group is removed once every job has
-        answered (or been given up)."""
+        outcome with the executor's error (which voids the pair). Once every job has answered, the group goes
+        back to the pool for the next pair of the same shape (removed when a job failed on the executor's
+        side, or the run is closing), and only then are the futures resolved, so the next pair finds it."""
         progress = list(progress or [None] * len(jobs))
         if len(jobs) < 2:
             return [self.submit(job, prog) for job, prog in zip(jobs, progress, strict=True)]
@@ -290,13 +345,15 @@ class RayExecutor:
 
     def _run_group(self, jobs: list[StageJob], progress: list[Progress | None],
                    futures: list[Future[StageOutcome]]) -> None:
-        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         bundles = [self.bundle(job) for job in jobs]
         where = {"executor": self.name, "address": self.address, "bundles": bundles}
         started = time.monotonic()
         group = None
+        keep = False
+        answers: list[StageOutcome | BaseException | None] = [None] * len(jobs)
         try:
             if self.groups_at_once(bundles) < 1:
                 largest = max(self.node_resources(), key=lambda n: n.get("CPU", 0.0), default={})
@@ -307,12 +364,19 @@ class RayExecutor:
                     "the sides of a pair train together on one node, so give one node that much, ask less per "
                     "sandbox (--cpus), or run with --serial-pairs"))
             inputs = [self._refs(job) for job in jobs]
-            group = placement_group(bundles, strategy="STRICT_PACK")
-            wait_s = self.timeout_s if self.timeout_s is not None else max(job.deadline_s() for job in jobs)
-            if not group.wait(timeout_seconds=wait_s):
-                return _fail_all(futures, where, (
-                    f"executor: no node had room for both sides of this pair within {wait_s:.0f}s "
-                    f"({_pair_needs(bundles)} on one node)"))
+            group = self._groups.take(bundles)
+            reused = group is not None
+            if group is None:
+                try:
+                    group = placement_group(bundles, strategy="STRICT_PACK")
+                    wait_s = self.timeout_s if self.timeout_s is not None else max(j.deadline_s() for j in jobs)
+                    placed = group.wait(timeout_seconds=wait_s)
+                finally:
+                    self._groups.settled()
+                if not placed:
+                    return _fail_all(futures, where, (
+                        f"executor: no node had room for both sides of this pair within {wait_s:.0f}s "
+                        f"({_pair_needs(bundles)} on one node)"))
             queued = time.monotonic() - started
             if self._closing.is_set():  # closed while the group waited for room: nothing starts
                 return _fail_all(futures, where, CANCELLED_ERROR)
@@ -324,45 +388,63 @@ class RayExecutor:
                 if prog:
                     prog("train", int(job.seed), "start", None)
             submitted = time.monotonic()
-            extra = {"queued_s": round(queued, 3), "placement_group": group.id.hex(), "group_size": len(jobs)}
-            waits = [threading.Thread(target=self._wait, args=(job, ref, prog, future, submitted, extra, group,
-                                                               bundles),
-                                      daemon=True, name=f"hrm-evolve-ray-{job.side}-{job.seed}")
-                     for job, ref, prog, future in zip(jobs, refs, progress, futures, strict=True)]
+            extra = {"queued_s": round(queued, 3), "placement_group": group.id.hex(), "group_size": len(jobs),
+                     "group_reused": reused}
+
+            def answer(i: int) -> None:
+                try:
+                    answers[i] = self._collect(jobs[i], refs[i], progress[i], submitted, extra, group, bundles)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller through its future
+                    answers[i] = exc
+
+            waits = [threading.Thread(target=answer, args=(i,), daemon=True,
+                                      name=f"hrm-evolve-ray-{job.side}-{job.seed}") for i, job in enumerate(jobs)]
             for thread in waits:
                 thread.start()
             for thread in waits:
                 thread.join()
+            keep = not self._closing.is_set() and all(isinstance(a, StageOutcome) and not a.error for a in answers)
         except BaseException as exc:  # noqa: BLE001 - handed to the callers through the futures
-            for future in futures:
-                if not future.done():
-                    future.set_exception(exc)
+            answers = [a if a is not None else exc for a in answers]
         finally:
             if group is not None:
-                try:
-                    remove_placement_group(group)
-                except Exception:  # noqa: BLE001 - the cluster may be gone; nothing is left to release then
-                    pass
+                if keep:
+                    self._groups.give_back(bundles, group)
+                else:
+                    try:
+                        self._remove_group(group)
+                    except Exception:  # noqa: BLE001 - the cluster may be gone; nothing is left to release then
+                        pass
+            for future, answer in zip(futures, answers, strict=True):
+                if future.done():
+                    continue
+                if isinstance(answer, StageOutcome):
+                    future.set_result(answer)
+                elif answer is not None:
+                    future.set_exception(answer)
 
-    def _wait(self, job: StageJob, ref: Any, progress: Progress | None, future: Future[StageOutcome],
-              submitted: float, extra: dict[str, Any], group: Any = None,
-              bundles: list[dict[str, float]] | None = None) -> None:
+    def _settle(self, future: Future[StageOutcome], *args: Any) -> None:
         try:
-            outcome = self._answer(job, ref, group, bundles)
-            with self._inflight_lock:
-                self._inflight.discard(ref)
-            outcome.placement.update(extra)
-            outcome.placement["round_trip_s"] = round(time.monotonic() - submitted, 3)
-            if outcome.files:
-                Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-                write_files(outcome.files, Path(job.out_dir))
-            result = outcome.cascade()
-            if progress and result is not None:
-                for run in result.stages:
-                    progress(run.stage, run.seed, "ok" if run.ok else "failed", run)
-            future.set_result(outcome)
+            future.set_result(self._collect(*args))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
             future.set_exception(exc)
+
+    def _collect(self, job: StageJob, ref: Any, progress: Progress | None, submitted: float,
+                 extra: dict[str, Any], group: Any = None, bundles: list[dict[str, float]] | None = None) -> StageOutcome:
+        """The job's answer, its files written into its out_dir and its stages reported to ``progress``."""
+        outcome = self._answer(job, ref, group, bundles)
+        with self._inflight_lock:
+            self._inflight.discard(ref)
+        outcome.placement.update(extra)
+        outcome.placement["round_trip_s"] = round(time.monotonic() - submitted, 3)
+        if outcome.files:
+            Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+            write_files(outcome.files, Path(job.out_dir))
+        result = outcome.cascade()
+        if progress and result is not None:
+            for run in result.stages:
+                progress(run.stage, run.seed, "ok" if run.ok else "failed", run)
+        return outcome
 
     def stranded(self, group: Any, bundles: list[dict[str, float]]) -> bool:
         """Whether a placement group lost its node and no alive node can hold it again (its tasks' retries
@@ -421,10 +503,11 @@ class RayExecutor:
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Cancel the tasks still running (a Ctrl-C, a stop of the run), so their sandboxes are killed on their
         nodes now rather than left to their own limits: each gets a KeyboardInterrupt in its worker, and the
-        sandbox backend kills and cleans up what it started; waits up to ``wait_s`` for them to end. Then the
-        connection is closed (when this executor opened it)."""
+        sandbox backend kills and cleans up what it started; waits up to ``wait_s`` for them to end. The idle
+        placement groups are removed. Then the connection is closed (when this executor opened it)."""
         ray = self._ray
         self._closing.set()
+        self._groups.close()
         with self._inflight_lock:
             refs = list(self._inflight)
             self._inflight.clear()

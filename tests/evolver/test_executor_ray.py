@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from evolver.judge import EXECUTOR_STAGE
-from evolver.ray_executor import RayExecutor
+from evolver.ray_executor import IDLE_GROUP_S, JOB_PREFIX, RayExecutor
 from evolver.stage_job import NODE_LOST, StageJob, side_run
 from tests.availability import skip_or_fail
 from tests.processes import alive, cmdline, descendants, training_under, wait_gone
@@ -73,6 +73,7 @@ def test_a_stage_job_runs_on_the_second_node_and_its_files_land_on_the_driver(
     node = cluster.worker2
     ex = RayExecutor(options={"resources": {"worker2": 0.01}})
     events: list[tuple[str, str]] = []
+    stale = _stale_job_folder()
     job = stage_job(tmp_path, run_data, harness)
     outcome = ex.submit(job, lambda stage, seed, status, run: events.append((stage, status))).result(timeout=240)
     assert not outcome.error, outcome.error
@@ -94,6 +95,21 @@ def test_a_stage_job_runs_on_the_second_node_and_its_files_land_on_the_driver(
     p = outcome.placement
     assert p["round_trip_s"] >= p["cascade_s"] >= result.seconds > 0 and p["unpack_s"] >= 0 and p["collect_s"] >= 0
     assert p["bytes_sent"] >= (out / "train-seed0" / "train" / "checkpoint.pt").stat().st_size
+    assert p["worker_task"] >= 1 and p["worker_age_s"] >= 0
+    assert not stale.exists() and p["stale_removed"] >= 1  # what a killed worker left on the node is gone
+
+
+def _stale_job_folder() -> Path:
+    """A job folder as a worker killed mid-job leaves it in the nodes' temp dir (this machine's): its pid dead."""
+    import subprocess
+    import tempfile
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    folder = Path(tempfile.gettempdir()) / f"{JOB_PREFIX}{child.pid}-stale"
+    (folder / "data" / "select").mkdir(parents=True)
+    (folder / "data" / "select" / "all__labels.npy").write_bytes(b"held-out labels")
+    return folder
 
 
 def _kill_while_training(cluster: Any, ex: RayExecutor, job: StageJob, node: Any) -> tuple[Any, float, list[int]]:
@@ -147,7 +163,8 @@ def _group_states() -> dict[str, str]:
 def test_the_two_sides_of_a_pair_train_together_on_one_node(
         cluster: Any, run_data: Path, harness: Path, tmp_path: Path) -> None:
     """Two 1-CPU sides on a cluster of a 1-CPU head, a 1-CPU node and a 2-CPU node: one placement group puts
-    both on the 2-CPU node (one task at a time would scatter them) and is removed once they have answered."""
+    both on the 2-CPU node (one task at a time would scatter them); the next pair, submitted as soon as the
+    first has answered, runs in the same group, which is removed once it has been idle IDLE_GROUP_S."""
     pair_node = cluster.pair_node
     ex = RayExecutor()
     jobs = [stage_job(tmp_path, run_data, harness, side=side) for side in ("parent", "candidate")]
@@ -166,10 +183,35 @@ def test_the_two_sides_of_a_pair_train_together_on_one_node(
         assert p["round_trip_s"] >= result.seconds > 0
     assert outcomes[0].placement["placement_group"] == outcomes[1].placement["placement_group"]
     assert outcomes[0].placement["pid"] != outcomes[1].placement["pid"]  # two workers, at the same time
-    deadline = time.monotonic() + 10
-    while _group_states().get(outcomes[0].placement["placement_group"]) != "REMOVED" and time.monotonic() < deadline:
+    group = outcomes[0].placement["placement_group"]
+    assert not outcomes[0].placement["group_reused"]
+
+    again = [f.result(timeout=300) for f in ex.submit_group(
+        [stage_job(tmp_path / "again", run_data, harness, side=side) for side in ("parent", "candidate")])]
+    for outcome in again:
+        assert not outcome.error and outcome.cascade().ok, outcome.error  # type: ignore[union-attr]
+        p = outcome.placement
+        assert p["placement_group"] == group and p["group_reused"] and p["node_id"] == pair_node.node_id
+    assert _group_states()[group] == "CREATED"  # kept for a next pair
+    deadline = time.monotonic() + IDLE_GROUP_S + 15
+    while _group_states().get(group) != "REMOVED" and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _group_states()[outcomes[0].placement["placement_group"]] == "REMOVED"
+    assert _group_states()[group] == "REMOVED"
+
+
+def test_a_single_task_does_not_wait_for_an_idle_pairs_reservation(
+        cluster: Any, run_data: Path, harness: Path, tmp_path: Path) -> None:
+    """The 2-CPU node's two CPUs are all an idle pair group's, kept here for 10 minutes; a 1-CPU task that only
+    that node can run releases the group and runs there, instead of waiting for the group's idle time to run out."""
+    pair_node = cluster.pair_node
+    ex = RayExecutor(options={"resources": {"pairs": 0.01}}, idle_group_s=600)
+    outcomes = [f.result(timeout=300) for f in ex.submit_group(
+        [stage_job(tmp_path, run_data, harness, side=side) for side in ("parent", "candidate")])]
+    group = outcomes[0].placement["placement_group"]
+    assert all(not o.error for o in outcomes) and _group_states()[group] == "CREATED"
+    single = ex.submit(stage_job(tmp_path / "single", run_data, harness)).result(timeout=240)
+    assert not single.error and single.placement["node_id"] == pair_node.node_id, single.error
+    assert _group_states()[group] == "REMOVED"
 
 
 def test_a_pair_no_node_can_hold_fails_at_once_with_what_it_needs(
