@@ -11,8 +11,9 @@ The two sides of a seed pair are one placement group (STRICT_PACK: one bundle pe
 they train at the same time on the same machine, as they do on local slots; a pair no node can hold is an
 error at once, not a wait. A pair's group is kept for the next pair of the same shape for IDLE_GROUP_S
 (Ray takes about a second to free a removed group's resources for a new one, which the next pair would
-wait for), then removed; a single task, or a pair of another shape, releases the idle groups at once. A task whose node dies is retried (``max_retries``); when the retries run out,
-or no answer comes within the job's deadline, the outcome carries an ``error`` ("executor: node lost ...")
+wait for), then removed; a single task, or a pair of another shape, releases the idle groups at once
+(evolver/ray_groups.py). A task whose node dies is retried (``max_retries``); when the retries run out, or
+no answer comes within the job's deadline, the outcome carries an ``error`` ("executor: node lost ...")
 that the loop turns into a failed side, which voids the pair (evolver/judge.py).
 
 Ray is an optional extra (``pip install -e '.[ray]'``), imported only here, and only when used.
@@ -119,20 +120,37 @@ def _pid_alive(pid: int) -> bool:
 def sweep_stale_jobs(tmp: Path) -> int:
     """Remove the job folders (a candidate's code, the held-out split) that workers killed mid-job left in
     ``tmp`` (a node that died, a task cancelled by force): those whose worker pid is no longer alive. Returns
-    how many went."""
+    how many went. Workers of one machine sweep at the same time (the two sides of a pair start together), so
+    a folder is first claimed by renaming it to a name carrying this worker's pid (a rename succeeds for one
+    of them; a claim left by a sweeper that died is swept in turn). Nothing here fails the job: a folder
+    that cannot be claimed or fully removed is left for a later sweep."""
     removed = 0
     for folder in tmp.glob(f"{JOB_PREFIX}*-*"):
         pid = folder.name[len(JOB_PREFIX):].partition("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)) and folder.is_dir():
-            shutil.rmtree(folder, onerror=_force_remove)
-            removed += 1
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        claimed = folder.with_name(f"{JOB_PREFIX}{os.getpid()}-swept-{folder.name[len(JOB_PREFIX):]}")
+        try:
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            folder.rename(claimed)
+        except OSError:  # another worker claimed it first, or it went meanwhile
+            continue
+        shutil.rmtree(claimed, onerror=_force_remove)
+        removed += not claimed.exists()
     return removed
 
 
-def _force_remove(func: Callable[[str], Any], path: str, _exc: Any) -> None:
+def _force_remove(func: Callable[..., Any], path: str, _exc: Any) -> None:
+    """rmtree's error handler for a sandbox's leftovers: a file or folder that could not be removed, or a
+    folder that could not be listed, is made writable (readable) and tried once more; what still fails stays."""
     try:
-        os.chmod(os.path.dirname(path), 0o755)
-        func(path)
+        if func in (os.unlink, os.remove, os.rmdir):
+            os.chmod(os.path.dirname(path), 0o755)
+            func(path)
+        elif func in (os.open, os.scandir, os.listdir):
+            os.chmod(path, 0o755)
+            shutil.rmtree(path, ignore_errors=True)
     except OSError:
         pass
 

@@ -247,34 +247,39 @@ def test_a_pair_whose_node_dies_is_retried_on_another_node_or_lost_in_bounded_ti
     next pair: no node can hold the group any more, and both sides come back lost well before their deadline."""
     nodes = [cluster.add_node(num_cpus=2, resources={"spare": 2}) for _ in range(2)]
     cluster.wait_for_nodes()
-    ex = RayExecutor(max_retries=1, options={"resources": {"spare": 0.01}})
+    try:
+        ex = RayExecutor(max_retries=1, options={"resources": {"spare": 0.01}})
 
-    def pair(name: str) -> list[Any]:
-        return ex.submit_group([stage_job(tmp_path / name, run_data, harness, side=side, budget=8)
-                                for side in ("parent", "candidate")])
+        def pair(name: str) -> list[Any]:
+            return ex.submit_group([stage_job(tmp_path / name, run_data, harness, side=side, budget=8)
+                                    for side in ("parent", "candidate")])
 
-    futures = pair("first")
-    victim, training = _node_training(nodes)
-    time.sleep(1.0)
-    cluster.remove_node(victim, allow_graceful=False)
-    survivor = next(n for n in nodes if n is not victim)
-    outcomes = [f.result(timeout=400) for f in futures]
-    for outcome in outcomes:
-        assert not outcome.error, outcome.error
-        assert outcome.cascade().ok and outcome.placement["node_id"] == survivor.node_id  # type: ignore[union-attr]
-    assert not alive(training)
+        futures = pair("first")
+        victim, training = _node_training(nodes)
+        time.sleep(1.0)
+        cluster.remove_node(victim, allow_graceful=False)
+        survivor = next(n for n in nodes if n is not victim)
+        outcomes = [f.result(timeout=400) for f in futures]
+        for outcome in outcomes:
+            assert not outcome.error, outcome.error
+            assert outcome.cascade().ok and outcome.placement["node_id"] == survivor.node_id  # type: ignore[union-attr]
+        assert not alive(training)
 
-    futures = pair("second")
-    victim, training = _node_training([survivor])
-    time.sleep(1.0)
-    killed = time.monotonic()
-    cluster.remove_node(victim, allow_graceful=False)
-    outcomes = [f.result(timeout=300) for f in futures]
-    assert time.monotonic() - killed < LOST_WITHIN_S
-    for outcome in outcomes:
-        assert outcome.result is None and outcome.error.startswith(NODE_LOST), outcome.error
-        assert "no alive node can hold the pair" in outcome.error  # given up, not left to its deadline
-        assert side_run(outcome, "exact_accuracy").failed_stage == EXECUTOR_STAGE
+        futures = pair("second")
+        victim, training = _node_training([survivor])
+        time.sleep(1.0)
+        killed = time.monotonic()
+        cluster.remove_node(victim, allow_graceful=False)
+        outcomes = [f.result(timeout=300) for f in futures]
+        assert time.monotonic() - killed < LOST_WITHIN_S
+        for outcome in outcomes:
+            assert outcome.result is None and outcome.error.startswith(NODE_LOST), outcome.error
+            assert "no alive node can hold the pair" in outcome.error  # given up, not left to its deadline
+            assert side_run(outcome, "exact_accuracy").failed_stage == EXECUTOR_STAGE
+    finally:  # a failure above must not leave a pair-sized node for the tests after it
+        for node in nodes:
+            if node in cluster.list_all_nodes():
+                cluster.remove_node(node)
 
 
 def test_closing_the_executor_cancels_its_running_tasks_and_kills_their_sandboxes(
