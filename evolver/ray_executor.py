@@ -41,6 +41,7 @@ from evolver.cascade import CANCEL_REASON, Progress
 from evolver.ray_groups import GroupPool
 from evolver.shipping import collect_files, data_filter, pack, rebase_paths, tree_filter, unpack, write_files
 from evolver.stage_job import CLOSE_WAIT_S, NODE_LOST, StageJob, StageOutcome, run_stage_job
+from sandbox.pids import pid_alive
 
 CANCELLED_ERROR = f"executor: {CANCEL_REASON}"
 POLL_S = 2.0
@@ -107,16 +108,6 @@ JOB_PREFIX = "hrm-evolve-job-"
 """A job's temp folder on its node: JOB_PREFIX, the worker's pid, "-", a random part."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_jobs(tmp: Path) -> int:
     """Remove the job folders (a candidate's code, the held-out split) that workers killed mid-job left in
     ``tmp`` (a node that died, a task cancelled by force): those whose worker pid is no longer alive. Returns
@@ -127,7 +118,7 @@ def sweep_stale_jobs(tmp: Path) -> int:
     removed = 0
     for folder in tmp.glob(f"{JOB_PREFIX}*-*"):
         pid = folder.name[len(JOB_PREFIX):].partition("-")[0]
-        if not pid.isdigit() or _pid_alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         claimed = folder.with_name(f"{JOB_PREFIX}{os.getpid()}-swept-{folder.name[len(JOB_PREFIX):]}")
         try:

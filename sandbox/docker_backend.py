@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sandbox.hostfs import OutputQuota, grant_access, sandbox_ids
+from sandbox.pids import pid_alive
 from sandbox.spec import (
     DEFAULT_IMAGE,
     OUT_TARGET,
@@ -38,16 +39,6 @@ def _parse_ts(value: str | None) -> float | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class DockerBackend:
     """Each run is a fresh container: no network, read-only root, cgroup limits, non-root, all caps dropped."""
 
@@ -74,7 +65,7 @@ class DockerBackend:
         for c in self.client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
             labels = c.labels or {}
             owner = labels.get(PID_LABEL, "")
-            if labels.get(HOST_LABEL) == host and owner.isdigit() and _pid_alive(int(owner)):
+            if labels.get(HOST_LABEL) == host and owner.isdigit() and pid_alive(int(owner)):
                 continue
             try:
                 c.remove(force=True)
