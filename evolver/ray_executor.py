@@ -11,10 +11,12 @@ The two sides of a seed pair are one placement group (STRICT_PACK: one bundle pe
 they train at the same time on the same machine, as they do on local slots; a pair no node can hold is an
 error at once, not a wait. A pair's group is kept for the next pair of the same shape for IDLE_GROUP_S
 (Ray takes about a second to free a removed group's resources for a new one, which the next pair would
-wait for), then removed; a single task, or a pair of another shape, releases the idle groups at once
-(evolver/ray_groups.py). A task whose node dies is retried (``max_retries``); when the retries run out, or
-no answer comes within the job's deadline, the outcome carries an ``error`` ("executor: node lost ...")
-that the loop turns into a failed side, which voids the pair (evolver/judge.py).
+wait for), then removed; a single task of the same resources as a bundle runs in a free bundle of it (so the
+room does not change hands between a candidate's gates and its pairs), and a single task that fits none, or
+a pair of another shape, releases the idle groups at once (evolver/ray_groups.py). A task whose node dies
+is retried (``max_retries``); when the retries run out, or no answer comes within the job's deadline, the
+outcome carries an ``error`` ("executor: node lost ...") that the loop turns into a failed side, which voids
+the pair (evolver/judge.py).
 
 Ray is an optional extra (``pip install -e '.[ray]'``), imported only here, and only when used.
 """
@@ -313,21 +315,34 @@ class RayExecutor:
         return sum(min(int(node.get(k, 0.0) / v + 1e-9) for k, v in need.items()) for node in self.node_resources())
 
     def submit(self, job: StageJob, progress: Progress | None = None) -> Future[StageOutcome]:
-        """One job as a Ray task wherever Ray finds room; ``progress`` hears "queued" (Ray does not say when
-        the task starts), then each stage's end."""
+        """One job as a Ray task: in a free bundle of an idle pair's placement group when one has this job's
+        resources (a candidate's gates between its pairs), else wherever Ray finds room, after the idle groups
+        are released; ``progress`` hears "queued" (Ray does not say when the task starts), then each stage's end."""
         _check_backend(job)
         future: Future[StageOutcome] = Future()
         future.set_running_or_notify_cancel()
-        self._groups.release_all()  # an idle pair's reservation may hold the room this task needs
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        options = self.task_options(job)
+        extra: dict[str, Any] = {}
+        loan = self._groups.lend(self.bundle(job))
+        if loan is None:
+            self._groups.release_all()  # an idle pair's reservation may hold the room this task needs
+        else:  # run inside an idle pair's reservation: the room does not change hands
+            group, index, _ = loan
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+            extra = {"placement_group": group.id.hex(), "bundle_index": index, "borrowed": True}
         submitted = time.monotonic()
         try:
-            ref = self._track(self._task.options(**self.task_options(job)).remote(job.to_dict(), *self._refs(job)))
+            ref = self._track(self._task.options(**options).remote(job.to_dict(), *self._refs(job)))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            if loan is not None:
+                self._groups.return_bundle(loan[0], loan[1], keep=False)
             future.set_exception(exc)
             return future
         if progress:
             progress("train", int(job.seed), "queued", None)
-        threading.Thread(target=self._settle, args=(future, job, ref, progress, submitted, {}), daemon=True,
+        threading.Thread(target=self._settle, args=(future, loan, job, ref, progress, submitted, extra), daemon=True,
                          name=f"hrm-evolve-ray-{job.side}-{job.seed}").start()
         return future
 
@@ -432,11 +447,21 @@ class RayExecutor:
                 elif answer is not None:
                     future.set_exception(answer)
 
-    def _settle(self, future: Future[StageOutcome], *args: Any) -> None:
+    def _settle(self, future: Future[StageOutcome], loan: tuple[Any, int, list[dict[str, float]]] | None,
+                job: StageJob, *args: Any) -> None:
+        """A single task's answer; a borrowed bundle goes back to the pool before the future resolves (so the
+        candidate's next pair finds its group idle)."""
+        group, index, bundles = loan if loan is not None else (None, 0, None)
         try:
-            future.set_result(self._collect(*args))
+            outcome = self._collect(job, *args, group=group, bundles=bundles)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+            if group is not None:
+                self._groups.return_bundle(group, index, keep=False)
             future.set_exception(exc)
+            return
+        if group is not None:
+            self._groups.return_bundle(group, index, keep=not (outcome.error or self._closing.is_set()))
+        future.set_result(outcome)
 
     def _collect(self, job: StageJob, ref: Any, progress: Progress | None, submitted: float,
                  extra: dict[str, Any], group: Any = None, bundles: list[dict[str, float]] | None = None) -> StageOutcome:

@@ -199,19 +199,28 @@ def test_the_two_sides_of_a_pair_train_together_on_one_node(
     assert _group_states()[group] == "REMOVED"
 
 
-def test_a_single_task_does_not_wait_for_an_idle_pairs_reservation(
+def test_a_single_task_runs_in_an_idle_pairs_reservation_or_releases_it(
         cluster: Any, run_data: Path, harness: Path, tmp_path: Path) -> None:
-    """The 2-CPU node's two CPUs are all an idle pair group's, kept here for 10 minutes; a 1-CPU task that only
-    that node can run releases the group and runs there, instead of waiting for the group's idle time to run out."""
+    """The 2-CPU node's two CPUs are all an idle pair group's, kept here for 10 minutes. A 1-CPU task (a gate)
+    borrows one of its bundles and runs inside it, and the group is idle again afterwards, for the next pair;
+    a 2-CPU task that only that node can run fits no bundle: it releases the group and runs there, instead of
+    waiting for the group's idle time to run out."""
     pair_node = cluster.pair_node
     ex = RayExecutor(options={"resources": {"pairs": 0.01}}, idle_group_s=600)
     outcomes = [f.result(timeout=300) for f in ex.submit_group(
         [stage_job(tmp_path, run_data, harness, side=side) for side in ("parent", "candidate")])]
     group = outcomes[0].placement["placement_group"]
     assert all(not o.error for o in outcomes) and _group_states()[group] == "CREATED"
-    single = ex.submit(stage_job(tmp_path / "single", run_data, harness)).result(timeout=240)
-    assert not single.error and single.placement["node_id"] == pair_node.node_id, single.error
-    assert _group_states()[group] == "REMOVED"
+    gate = ex.submit(stage_job(tmp_path / "gate", run_data, harness)).result(timeout=240)
+    assert not gate.error and gate.cascade().ok, gate.error  # type: ignore[union-attr]
+    assert gate.placement["borrowed"] and gate.placement["placement_group"] == group
+    assert gate.placement["node_id"] == pair_node.node_id and _group_states()[group] == "CREATED"
+    again = [f.result(timeout=300) for f in ex.submit_group(
+        [stage_job(tmp_path / "again", run_data, harness, side=side) for side in ("parent", "candidate")])]
+    assert all(o.placement["placement_group"] == group and o.placement["group_reused"] for o in again)
+    wide = ex.submit(stage_job(tmp_path / "wide", run_data, harness, cpus=2.0)).result(timeout=240)
+    assert not wide.error and wide.placement["node_id"] == pair_node.node_id, wide.error
+    assert "borrowed" not in wide.placement and _group_states()[group] == "REMOVED"
 
 
 def test_a_pair_no_node_can_hold_fails_at_once_with_what_it_needs(

@@ -94,3 +94,62 @@ def test_no_group_is_kept_while_a_new_group_waits_for_room() -> None:
     pool.settled()
     pool.give_back(PAIR, "g2")
     assert pool.idle() == 1 and c.removed == ["g1"]
+
+
+def test_a_single_task_borrows_a_free_bundle_and_the_group_is_idle_again_when_it_is_back() -> None:
+    c = Cluster()
+    pool = c.pool()
+    pool.give_back(PAIR, "g1")
+    assert pool.lend({"CPU": 1.0}) == ("g1", 0, PAIR) and pool.idle() == 0
+    assert pool.lend({"CPU": 1.0}) == ("g1", 1, PAIR)  # the group's other bundle
+    assert pool.lend({"CPU": 1.0}) is None  # both out
+    assert pool.take(PAIR) is None  # a pair does not get a group with bundles out; it makes its own
+    pool.settled()
+    pool.return_bundle("g1", 0)
+    pool.return_bundle("g1", 1)
+    assert c.removed == ["g1"]  # that pair's new group may have needed its room
+
+
+def test_a_returned_bundle_makes_the_group_takeable_by_the_next_pair() -> None:
+    c = Cluster()
+    pool = c.pool()
+    pool.give_back(PAIR, "g1")
+    group, index, _ = pool.lend({"CPU": 1.0})
+    pool.return_bundle(group, index)
+    assert pool.idle() == 1 and pool.take(PAIR) == "g1" and c.removed == []
+
+
+def test_a_task_that_fits_no_bundle_gets_nothing_and_a_release_removes_a_borrowed_group_when_it_is_back() -> None:
+    c = Cluster()
+    pool = c.pool()
+    pool.give_back(PAIR, "g1")
+    pool.give_back(WIDE, "g2")
+    assert pool.lend({"CPU": 3.0}) is None and c.removed == []
+    assert pool.lend({"CPU": 2.0})[:2] == ("g2", 0)
+    pool.release_all()  # a task fitting no free bundle needs room
+    assert c.removed == ["g1"]
+    pool.return_bundle("g2", 0)
+    assert c.removed == ["g1", "g2"] and pool.idle() == 0
+
+
+def test_a_failed_borrower_or_a_closed_pool_removes_the_group_when_it_comes_back() -> None:
+    c = Cluster()
+    pool = c.pool()
+    pool.give_back(PAIR, "g1")
+    pool.lend({"CPU": 1.0})
+    pool.return_bundle("g1", 0, keep=False)
+    assert c.removed == ["g1"]
+    pool.give_back(PAIR, "g2")
+    pool.lend({"CPU": 1.0})
+    pool.close()
+    assert c.removed == ["g1"]
+    pool.return_bundle("g2", 0)
+    assert c.removed == ["g1", "g2"]
+
+
+def test_a_group_whose_node_died_is_not_lent() -> None:
+    c = Cluster()
+    pool = c.pool()
+    pool.give_back(PAIR, "g1")
+    c.lost.add("g1")
+    assert pool.lend({"CPU": 1.0}) is None and c.removed == ["g1"]
