@@ -9,8 +9,9 @@ room never changes hands between a candidate's gates and its first pair (Ray's s
 only about a second after the gate ended). An idle group is removed after ``idle_s``, and at once when a pair
 of another shape or a single task that fits no bundle needs room (`take`, `release_all`; a borrowed group
 then goes when its last bundle comes back); while a new group waits for room, no finished group is kept at
-all (it might be the room that group waits for), so an idle reservation never keeps the run's own work waiting. Ray itself is not imported here: the executor passes in how to remove a group
-and how to tell that one is still placed (its node may have died while it waited).
+all (it might be the room that group waits for), so an idle reservation never keeps the run's own work
+waiting. Ray itself is not imported here: the executor passes in how to remove a group and how to tell that
+one is still placed (its node may have died while it waited).
 """
 
 from __future__ import annotations
