@@ -8,6 +8,7 @@ server tells it: llama.cpp's `GET /props` (also its `/tokenize` for exact counts
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,27 @@ LMSTUDIO_DEFAULT_URL = "http://localhost:1234/v1"
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 LMSTUDIO_ASSUMED_CONTEXT = 4096  # LM Studio's usual default context length when a model is loaded
 PROBE_TIMEOUT_S = 10.0
+
+
+def _transport_errors(name: str) -> tuple[type[BaseException], ...]:
+    """The exception class `name` of every HTTP library an `openai` release may stream through.
+
+    openai 1.x and 2.x are built on httpx, 3.x on httpx2; an error inside a stream can surface unwrapped from
+    either, so both are caught where installed.
+    """
+    found: list[type[BaseException]] = []
+    for module in ("httpx", "httpx2"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            found.append(cls)
+    return tuple(found)
+
+
+_TIMEOUT_ERRORS = _transport_errors("TimeoutException")
+_TRANSPORT_ERRORS = _transport_errors("TransportError")
 
 
 def _reasoning_of(message: Any) -> str:
@@ -66,7 +88,8 @@ class OpenAICompatProvider(Provider):
         self.api_key = api_key
         # The client's own retries are off: retries and backoff are counted here. The read timeout bounds the
         # wait for the first chunk and between chunks, so a slow but streaming reply is not cut off.
-        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, PROBE_TIMEOUT_S))
+        # openai.Timeout is the client's own timeout type (httpx.Timeout before openai 3, httpx2.Timeout since).
+        timeout = openai.Timeout(self.timeout, connect=min(self.timeout, PROBE_TIMEOUT_S))
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key, timeout=timeout, max_retries=0)
         self._model_entries: dict[str, dict[str, Any]] = {}
         self._probe_client = httpx.Client(timeout=min(self.timeout, PROBE_TIMEOUT_S),
@@ -240,9 +263,9 @@ class OpenAICompatProvider(Provider):
                         on_tokens(chunks)
                     if choice.finish_reason:
                         finish = choice.finish_reason
-        except (openai.APITimeoutError, httpx.TimeoutException) as exc:  # APITimeoutError first: it is a connection error
+        except (openai.APITimeoutError, *_TIMEOUT_ERRORS) as exc:  # APITimeoutError first: it is a connection error
             raise TransientError("timeout", f"no data from the server for {self.timeout:g}s", "".join(content)) from exc
-        except (openai.APIConnectionError, httpx.TransportError) as exc:
+        except (openai.APIConnectionError, *_TRANSPORT_ERRORS) as exc:
             raise TransientError("connection", str(exc) or type(exc).__name__, "".join(content)) from exc
         except openai.RateLimitError as exc:
             raise TransientError("rate_limited", f"HTTP 429: {exc.message}") from exc

@@ -268,3 +268,21 @@ def test_provenance_records_the_model_the_server_served(prompt, name: str) -> No
     assert server.received[0].body["model"] == "asked-for"
     assert reply.model == "actually-served:7b" and reply.proposal.provenance.model == "actually-served:7b"
     assert reply.requested_model == "asked-for" and reply.info()["requested_model"] == "asked-for"
+
+
+# -- the installed client stack -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lmstudio", "openai", "ollama"])
+def test_each_provider_builds_its_client_with_the_installed_versions_and_completes(
+        prompt, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever `openai` / `ollama` / HTTP library pip resolved (openai 3 streams through httpx2), the client is
+    built with a timeout it accepts and one proposal completes over HTTP."""
+    from importlib.metadata import version
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with scripted_server([Step(content=valid_proposal_text())]) as server:
+        host = server.url if name == "ollama" else f"{server.url}/v1"
+        provider = get_provider(name, model="m", host=host, **FAST)
+        reply = provider.propose(prompt)
+    assert reply.proposal.id == "more-l-cycles", (version("openai"), version("ollama"))
