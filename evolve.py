@@ -1,6 +1,6 @@
-"""hrm-evolve command line (see evolver/cli.py)."""
+"""hrm-evolve command line (see evolver/ui/cli.py)."""
 
-from evolver.cli import main
+from evolver.ui.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from evolver.cascade import run_cascade
-from evolver.harness_copy import pristine_harness
+from evolver.execute.cascade import run_cascade
+from evolver.execute.harness_copy import pristine_harness
 from puzzles.splits import ensure_run_data
 from puzzles.tasks import get_task
 

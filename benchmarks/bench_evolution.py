@@ -73,7 +73,7 @@ def fmt(xs: list[float]) -> str:
 
 
 def ordered_catalogue(order: str) -> tuple[Any, ...]:
-    from evolver.offline_catalogue import CATALOGUE
+    from evolver.propose.catalogue import CATALOGUE
 
     if order == "trm-first":
         first = [e for name in TRM_FIRST for e in CATALOGUE if e.id == name]
@@ -91,7 +91,7 @@ class PairRunner:
         self.cpus = max(1.0, s.cpus / 2)
 
     def side(self, tree: Path, seed: int, label: str) -> dict[str, float]:
-        from evolver.cascade import run_cascade
+        from evolver.execute.cascade import run_cascade
 
         s = self.loop.settings
         res = run_cascade(tree, self.loop.harness_dir, self.loop.data_dir(), self.out / f"{label}-seed{seed}",
@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
 
-    from evolver.display import LoopDisplay
-    from evolver.loop import EvolutionLoop
-    from evolver.providers.offline import OfflineProvider
+    from evolver.propose.providers.offline import OfflineProvider
+    from evolver.run.display import LoopDisplay
+    from evolver.run.loop import EvolutionLoop
     from evolver.settings import Settings
 
     started = time.monotonic()

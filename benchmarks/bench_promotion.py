@@ -1,4 +1,4 @@
-"""Error rates, power and seed cost of the promotion rule in evolver/promotion.py.
+"""Error rates, power and seed cost of the promotion rule in evolver/judge/promotion.py.
 
     python benchmarks/bench_promotion.py --simulate --noise-sd 0.03
     python benchmarks/bench_promotion.py --simulate --noise-sd 0.05 --correlation 0.3
@@ -6,7 +6,7 @@
     python benchmarks/bench_promotion.py --real [--hog] [--budget 40 --metric token_accuracy]
 
 --simulate feeds candidates through the real decide_selection / decide_confirmation / RunErrorControl of
-evolver.promotion, with per-seed scores drawn from a noise model:
+evolver.judge.promotion, with per-seed scores drawn from a noise model:
 
 - --noise-sd SD: parent_s and candidate_s are normal with sd SD and correlation --correlation (the two sides of
   a pair share a seed), so the paired gain has sd SD * sqrt(2 * (1 - correlation));
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from evolver.promotion import (
+from evolver.judge.promotion import (
     ConfirmationRule,
     RunErrorControl,
     SelectionRule,
@@ -282,10 +282,10 @@ def run_real_loop(args: argparse.Namespace) -> int:
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
-    from evolver.cascade import run_cascade
-    from evolver.display import LoopDisplay
-    from evolver.loop import EvolutionLoop
-    from evolver.promotion import RunErrorControl as Control
+    from evolver.execute.cascade import run_cascade
+    from evolver.judge.promotion import RunErrorControl as Control
+    from evolver.run.display import LoopDisplay
+    from evolver.run.loop import EvolutionLoop
     from evolver.settings import Settings
 
     started = time.monotonic()

@@ -124,7 +124,7 @@ def per_hour(n: int, seconds: float | None) -> float | None:
 
 
 def side_dir(run_dir: Path, pid: str, phase: str, seed: int, side: str) -> Path:
-    """Where one side of a seed pair wrote its cascade.json (evolver/candidate.py's folder names)."""
+    """Where one side of a seed pair wrote its cascade.json (evolver/run/candidate.py's folder names)."""
     return run_dir / "candidates" / pid / f"{phase}-seed{seed}-{side}"
 
 
@@ -298,9 +298,9 @@ def child_main(config_path: Path) -> int:
     try:
         from rich.console import Console
 
-        from evolver.display import LoopDisplay
-        from evolver.loop import EvolutionLoop
-        from evolver.providers.offline import OfflineProvider
+        from evolver.propose.providers.offline import OfflineProvider
+        from evolver.run.display import LoopDisplay
+        from evolver.run.loop import EvolutionLoop
         from evolver.settings import Settings
 
         settings = Settings(**cfg["settings"])

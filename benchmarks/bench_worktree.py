@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evolver.record import EvolutionRecord  # noqa: E402
+from evolver.record.git_record import EvolutionRecord  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,10 +25,10 @@ class Settings:
     llm_retries: int = 3  # retries after a timeout, a dropped connection or HTTP 5xx
     task: str = "sudoku4"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the first selection seeds of every candidate
-    max_seeds: int = 10  # selection stops at this many seed pairs (sequential rule: evolver/promotion.py)
+    max_seeds: int = 10  # selection stops at this many seed pairs (sequential rule: evolver/judge/promotion.py)
     confirm_seeds: int = 6  # fresh seed pairs a selected candidate is confirmed on
     side_by_side: bool = True  # train parent and candidate of a pair at the same time, half the machine each
-    executor: str = "auto"  # local | ray | auto (ray when ray_address or RAY_ADDRESS is set): evolver/executor.py
+    executor: str = "auto"  # local | ray | auto (ray when ray_address or RAY_ADDRESS is set): evolver/execute/local.py
     ray_address: str | None = None  # the Ray head, host:port (default: RAY_ADDRESS)
     workers: int | None = None  # local worker slots; None = one per GPU, or per core at one thread (>= 2 side by side)
     cohort: int | None = None  # candidates judged at once; None = as many as the workers train pairs for at once

@@ -7,7 +7,7 @@ included) is a failure whose reason is the exception and the tail of its traceba
 
 Candidate code runs in this process, so the host treats STAGE.json as a report of measurements, never as
 a verdict: a stage that says it failed has failed, but a pass is decided by the host from the raw numbers
-and arrays (evolver/gates.py), and scores only ever come from the host.
+and arrays (evolver/execute/gates.py), and scores only ever come from the host.
 """
 
 from __future__ import annotations

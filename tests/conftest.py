@@ -29,6 +29,6 @@ def run_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pristine read-only harness copy the stages mount."""
-    from evolver.harness_copy import pristine_harness
+    from evolver.execute.harness_copy import pristine_harness
 
     return pristine_harness(tmp_path_factory.mktemp("state"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from evolver.cascade import run_cascade
+from evolver.execute.cascade import run_cascade
 from sandbox import SandboxResult, SandboxSpec
 from sandbox.docker_backend import DockerBackend
 

@@ -41,7 +41,7 @@ BLOCK = textwrap.dedent("""
 CHECK = textwrap.dedent("""
     import json, tempfile
     from pathlib import Path
-    import evolve, evolver.cli, sandbox, sandbox.docker_backend, sandbox.doctor, sandbox.hostfs, sandbox.image
+    import evolve, evolver.ui.cli, sandbox, sandbox.docker_backend, sandbox.doctor, sandbox.hostfs, sandbox.image
     import sandbox.local_backend
     from sandbox import SandboxSpec, get_backend, local_unavailable_reason
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evolver.cascade import _judge
+from evolver.execute.cascade import _judge
 from sandbox import SandboxResult
 from sandbox.readback import UnsafeOutput, audit_tree, read_array, read_bytes, read_json
 

@@ -54,7 +54,7 @@ BAD = {
     "open_harness": "with open('/harness/smoketests/trainability.py', 'a') as f:\n    f.write('x')\n",
     "open_computed_mode": "m = 'w'\nopen('f', m)\n",
     "relative_escape": "from ... import evolver\n",
-    "engine_import": "import evolver.cascade\n",
+    "engine_import": "import evolver.execute.cascade\n",
     "puzzles_scoring": "from puzzles.scoring import score_predictions\n",
     "star": "from torch import *\n",
 }

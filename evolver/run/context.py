@@ -1,0 +1,325 @@
+"""What every job of an evolution run shares: the run's context.
+
+Measuring a parent (evolver/run/baseline.py), judging one candidate (evolver/run/candidate.py) and the loop itself
+(evolver/run/loop.py) all work on one `RunContext`: the repository and settings, the state and run directories,
+the git record and its proposal store, the display, the sandbox backend (made when first needed), the pristine
+harness copy, the run's data splits, the run's error control, the current parent's baseline and the outcomes
+so far. It also makes the run's decisions every stage shares (torch threads per sandbox, the worker slots,
+where stage jobs run) and runs a lone cascade on a tree with the display's stage progress.
+
+Nothing here imports the loop; the loop sets the context up and hands it to the jobs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from edits.paths import PROTECTED_PATHS, PathPolicy
+from evolver.execute.cascade import PER_SEED_STAGES, CascadeResult, StageRun, write_manifest
+from evolver.execute.harness_copy import pristine_harness
+from evolver.execute.job import StageJob, StageOutcome
+from evolver.execute.local import executor_kind, make_executor
+from evolver.judge.promotion import RunErrorControl
+from evolver.record.git_record import EvolutionRecord
+from evolver.record.store import ProposalStore
+from evolver.run.display import LoopDisplay
+from evolver.run.state import Baseline, CycleOutcome, StopRun, utc_now
+from evolver.settings import Settings
+from puzzles.splits import ensure_run_data
+from puzzles.tasks import get_task
+from sandbox import get_backend
+
+
+class RunContext:
+    """One run's shared state and services, set up in the order that makes a resumed run safe: the state
+    directory, the record (new or resumed), the run directory, the executor check (a missing Ray fails
+    here), the run's settings in run.json (a resumed run keeps its stored task, seeds, budget, margin and
+    confidence), then the run's error control as it was left."""
+
+    def __init__(self, repo: Path, settings: Settings, *, run_id: str | None = None,
+                 display: LoopDisplay | None = None, harness_dir: Path | None = None) -> None:
+        self.repo = Path(repo).resolve()
+        self.settings = settings
+        self.state = settings.state_path(self.repo)
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.display = display or LoopDisplay(live=False)
+        self._harness_dir = Path(harness_dir) if harness_dir is not None else None
+        self.record = EvolutionRecord(self.repo, run_id)
+        self.store = ProposalStore(self.record)
+        self.run_id = self.record.run_id
+        self.run_dir = self.state / "runs" / self.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.policy = PathPolicy(allowed=tuple(settings.allowed_paths), protected=PROTECTED_PATHS)
+        self._backend: Any = None
+        self.lock = threading.RLock()
+        """One writer at a time on the git record, the store and the run's files (a cohort judges candidates on
+        several threads)."""
+        self.executor_kind = executor_kind(settings.executor, settings.ray_address)  # a missing Ray fails here
+        self._executor: Any = None
+        self.baseline: Baseline | None = None
+        self.outcomes: list[CycleOutcome] = []
+        self.server_info: dict[str, Any] | None = None  # the LLM server's, once the loop's preflight ran
+        self.save_run_settings()
+        control = self.run_dir / "error_control.json"
+        self.control = (RunErrorControl.from_dict(json.loads(control.read_text())) if control.exists()
+                        else RunErrorControl())
+        cut = self.control.settle_interrupted()  # a confirmation the last stop cut short stays spent
+        if cut is not None:
+            self.save_control()
+            self.display.log(f"[yellow]resume:[/] the confirmation of {cut.get('proposal_id')} at level "
+                             f"{float(cut['level']):.4f} was cut short; it counts as failed, so the next one is "
+                             f"offered {self.control.next_level():.4f}")
+
+    # ------------------------------------------------------------------ the run's files
+    def save_run_settings(self) -> None:
+        """Write run.json (settings, LLM server, start time); on resume, first take back the run's stored
+        task, seeds, budget, margin and confidence where the command line differs."""
+        path = self.run_dir / "run.json"
+        if path.exists() and self.record.resumed:
+            stored = json.loads(path.read_text())
+            for key in ("task", "seeds", "budget_seconds", "margin", "confidence"):
+                if key in stored.get("settings", {}) and stored["settings"][key] != getattr(self.settings, key):
+                    self.display.log(f"[yellow]resume:[/] keeping the run's {key}={stored['settings'][key]!r} "
+                                     f"(ignoring {getattr(self.settings, key)!r})")
+                    setattr(self.settings, key, stored["settings"][key])
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"run_id": self.run_id, "settings": self.settings.to_dict(),
+                                   "server": self.server_info, "started": utc_now()},
+                                  indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def save_control(self) -> None:
+        """Write the run's error control (error_control.json), atomically; the cycles of a cohort call it
+        from their own threads, so one writes at a time."""
+        path = self.run_dir / "error_control.json"
+        with self.lock:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.control.to_dict(), indent=2) + "\n")
+            os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ what every stage runs on
+    @property
+    def backend(self) -> Any:
+        """The sandbox backend, made at first use (its warnings go to the display)."""
+        if self._backend is None:
+            self._backend = get_backend(self.settings.backend, image=self.settings.image,
+                                        warn=lambda m: self.display.log(f"[yellow]sandbox:[/] {m}"))
+        return self._backend
+
+    @property
+    def harness_dir(self) -> Path:
+        """The pristine read-only harness copy every stage mounts (never the engine root)."""
+        if self._harness_dir is None:
+            self._harness_dir = pristine_harness(self.state)
+        return self._harness_dir
+
+    def data_dir(self) -> Path:
+        """The run's train/select/final splits, built on the host by trusted code (puzzles/) from the run's
+        secret seed, which stays in the run's state directory, outside every mount."""
+        spec = get_task(self.settings.task)
+        if not (self.run_dir / "data" / "select" / "dataset.json").exists():
+            self.display.stage("data", f"building the {spec.name} splits from this run's secret seed")
+        return ensure_run_data(self.run_dir, spec)
+
+    @property
+    def executor(self) -> Any:
+        """Where every training job of the run goes (the baseline's seeds, the gates, the seed pairs): local
+        worker slots (`workers()` of them, the GPU ids of --gpu-ids in turn) or a Ray cluster; made at first use."""
+        if self._executor is None:
+            s = self.settings
+            self._executor = make_executor(self.executor_kind, ray_address=s.ray_address, workers=self.workers(),
+                                           gpu_ids=s.gpu_ids,
+                                           backend=self.backend if self.executor_kind == "local" else None)
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor: Any) -> None:
+        self._executor = executor
+
+    def close_executor(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    def workers(self) -> int:
+        """Local worker slots: --workers, or what the machine offers: one per GPU (--gpus), else one per
+        `stage_threads()` cores (one per core at one thread); at least the two sides of a pair side by side."""
+        s = self.settings
+        if s.workers:
+            return int(s.workers)
+        least = 2 if s.side_by_side else 1
+        if s.gpus:
+            return max(least, len(s.gpu_ids))
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        return max(least, cores // self.stage_threads())
+
+    def cohort_size(self) -> int:
+        """Candidates judged at once: --cohort, or as many as the workers can train pairs for at once (one on
+        a 2-core machine: the serial loop)."""
+        s = self.settings
+        if s.cohort:
+            return int(s.cohort)
+        per_pair = 2 if s.side_by_side else 1
+        if self.executor_kind == "local":
+            return max(1, self.workers() // per_pair)
+        return max(1, self.pairs_at_once())
+
+    def pairs_at_once(self) -> int:
+        """On a Ray cluster: how many seed pairs its alive nodes can train at the same time, each pair on one
+        node (side by side), or how many lone sides (--serial-pairs)."""
+        s = self.settings
+        if not hasattr(self.executor, "groups_at_once"):  # an executor that cannot tell
+            return max(1, self.workers() // (2 if s.side_by_side else 1))
+        side = self.executor.resources_of({"cpus": self.sandbox_cpus(), "threads": self.stage_threads(), "gpus": s.gpus})
+        return int(self.executor.groups_at_once([side] * (2 if s.side_by_side else 1)))
+
+    def check_cluster(self) -> None:
+        """Stop the run before the baseline when no node of the Ray cluster can train a seed pair (both sides
+        on one node); a local executor always can."""
+        if self.executor_kind == "local" or self.pairs_at_once() > 0:
+            return
+        s = self.settings
+        what = (f"two sandboxes of {self.sandbox_cpus():g} CPU" + (" and 1 GPU" if s.gpus else "") + " each"
+                if s.side_by_side else f"one sandbox of {self.sandbox_cpus():g} CPU" + (" and 1 GPU" if s.gpus else ""))
+        raise StopRun(f"no node of the Ray cluster has room for a seed pair ({what}, on one node); nodes: "
+                      + "; ".join(", ".join(f"{v:g} {k}" for k, v in sorted(n.items()) if k in ("CPU", "GPU"))
+                                  for n in self.executor.node_resources())
+                      + ". Start the nodes with more CPUs (ray start --num-cpus), lower --cpus, or use --serial-pairs")
+
+    def parent_tree(self, commit: str) -> Path:
+        """A read-only copy of ``commit``'s hrm/ (under the run directory), what a parent's jobs train: pinned,
+        so a merge into the run branch while they run changes nothing under them."""
+        root = self.run_dir / "trees" / commit[:16]
+        if (root / ".complete").exists():
+            return root
+        with self.lock:
+            if (root / ".complete").exists():
+                return root
+            tmp = root.with_name(root.name + ".tmp")
+            if tmp.exists():
+                _remove_tree(tmp)
+            tmp.mkdir(parents=True)
+            blob = subprocess.run(["git", "archive", "--format=tar", commit, "hrm"], cwd=self.repo, check=True,
+                                  capture_output=True).stdout
+            with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+                tar.extractall(tmp, filter="data")
+            (tmp / ".complete").write_text(commit + "\n")
+            if root.exists():
+                _remove_tree(root)
+            os.replace(tmp, root)
+        return root
+
+    def stage_job(self, tree: Path, out: Path, stages: Sequence[str], seed: int, *, side: str, phase: str,
+                  manifest: dict[str, Any] | None = None, eval_cap_s: float | None = None,
+                  cpus: float | None = None) -> StageJob:
+        """One job of the run's cascade: ``stages`` of ``tree`` on ``seed``, with the run's task, budget,
+        sandbox and limits."""
+        s = self.settings
+        options: dict[str, Any] = {
+            "task": s.task, "budget_seconds": s.budget_seconds, "backend": s.backend, "stages": list(stages),
+            "gpus": s.gpus, "memory_mb": s.memory_mb, "cpus": self.sandbox_cpus() if cpus is None else cpus,
+            "threads": self.stage_threads(), "label": f"{self.run_id}-{side}",
+            "setup_allowance_s": s.setup_allowance_seconds, "eval_cap_s": eval_cap_s}
+        if manifest is not None:
+            options["manifest_data"] = manifest
+        return StageJob(side, int(seed), phase, str(tree), str(self.harness_dir), str(self.data_dir()), str(out),
+                        options, image=s.image)
+
+    def submit_job(self, job: StageJob, *, show: bool = True) -> Future[StageOutcome]:
+        """Submit one job to the run's executor (its stages show on the display when ``show``)."""
+        return self.executor.submit(job, self.on_stage if show else None)
+
+    def sandbox_cpus(self) -> float:
+        """CPUs per sandbox: half of --cpus (at least one) side by side, else all of it. Every job of a run
+        asks for the same by default (the baseline and the gates as well as each side of a pair), so all
+        of them measure under the same limits and fit the same Ray nodes: a cluster of 1-CPU nodes schedules
+        a baseline asking for 1 CPU, never one asking for 2."""
+        s = self.settings
+        return max(1.0, s.cpus / 2) if s.side_by_side else float(s.cpus)
+
+    def stage_threads(self) -> int:
+        """Torch threads per sandbox. Side by side, each sandbox gets half of --threads; the lone stages (the
+        gates, the baseline) use the same, so every measurement of a run trains under the same threads, and
+        no stage spins OpenMP threads against a busy core (2 threads beside a CPU hog on 2 cores took trainability
+        from about 20 s past its 300 s limit)."""
+        s = self.settings
+        return max(1, s.threads // 2) if s.side_by_side else s.threads
+
+    # ------------------------------------------------------------------ a lone cascade
+    def cascade(self, worktree: Path, out: Path, stages: tuple[str, ...], changed: list[str],
+                parent: str, eval_cap_s: float | None = None, *, side: str = "candidate",
+                phase: str = "gates") -> CascadeResult:
+        """Run `stages` of the cascade on one tree (the baseline, a candidate's gates) through the run's
+        executor, and save cascade.json. Per-seed stages run one job per seed of the run (at once, as the
+        workers allow, each in out/seed<seed>/); the gates are one job on the first seed."""
+        s = self.settings
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = None
+        if "safety" in stages:  # nothing inside hrm/ is protected; edits outside it never reach a cascade
+            path = write_manifest(self.repo, parent, worktree, changed, [], out_path=out / "manifest.json")
+            manifest = json.loads(path.read_text())
+        seeds = list(s.seeds) if any(st in PER_SEED_STAGES for st in stages) else list(s.seeds[:1])
+        jobs = [self.stage_job(worktree, out / f"seed{seed}" if len(seeds) > 1 else out, stages, seed, side=side,
+                               phase=phase, manifest=manifest, eval_cap_s=eval_cap_s) for seed in seeds]
+        outcomes = [f.result() for f in [self.submit_job(job) for job in jobs]]
+        result = combine_results(outcomes, s.task, seeds)
+        result.save(out / "cascade.json")
+        return result
+
+    def on_stage(self, stage: str, seed: int | None, status: str, run: StageRun | None) -> None:
+        """The cascade's progress callback: a stage starting shows on the display, a failed one is logged."""
+        where = f"seed {seed}" if seed is not None else ""
+        if status == "start":
+            expected = self.settings.budget_seconds if stage == "train" else None
+            self.display.stage(stage, where, expected)
+        elif status == "queued":  # handed to a cluster that does not say when it starts
+            self.display.stage(stage, f"{where} (queued on the cluster)".strip(), None)
+        elif run is not None and not run.ok:
+            self.display.log(f"[red]{stage} {where} failed:[/] {escape(run.reason)}")  # wrapped, never cut
+
+
+def combine_results(outcomes: Sequence[StageOutcome], task: str, seeds: Sequence[int]) -> CascadeResult:
+    """One CascadeResult from the jobs of one cascade (one per seed, in seed order): its stages, scores and
+    evidence in order; failed at the first job that failed (an executor failure is a failed "executor" stage)."""
+    combined = CascadeResult(ok=True, task=task, seeds=list(seeds), stages=[])
+    for seed, outcome in zip(seeds, outcomes, strict=True):
+        res = outcome.cascade()
+        if res is None:
+            combined.stages.append(StageRun("executor", int(seed), False, outcome.error or "executor: no result"))
+            if combined.ok:
+                combined.ok, combined.failed_stage, combined.failed_seed = False, "executor", int(seed)
+                combined.reason = outcome.error or "executor: no result"
+            continue
+        combined.stages += res.stages
+        combined.seconds += res.seconds
+        combined.evidence += res.evidence
+        for metric, values in res.scores.items():
+            combined.scores.setdefault(metric, []).extend(values)
+        if not combined.backend:
+            combined.backend, combined.isolation, combined.missing = res.backend, res.isolation, res.missing
+            combined.task_spec, combined.heldout_split = res.task_spec, res.heldout_split
+        if not res.ok and combined.ok:
+            combined.ok, combined.failed_stage, combined.failed_seed = False, res.failed_stage, res.failed_seed
+            combined.reason = res.reason
+    return combined
+
+
+def _remove_tree(path: Path) -> None:
+    for dirpath, _dirs, _files in os.walk(path):
+        os.chmod(dirpath, 0o755)
+    shutil.rmtree(path)
