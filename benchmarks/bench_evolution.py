@@ -86,16 +86,16 @@ class PairRunner:
 
     def __init__(self, loop: Any, out: Path, split: str) -> None:
         self.loop, self.out, self.split = loop, out, split
-        s = loop.settings
+        s = loop.ctx.settings
         self.threads = max(1, s.threads // 2)
         self.cpus = max(1.0, s.cpus / 2)
 
     def side(self, tree: Path, seed: int, label: str) -> dict[str, float]:
         from evolver.execute.cascade import run_cascade
 
-        s = self.loop.settings
-        res = run_cascade(tree, self.loop.harness_dir, self.loop.data_dir(), self.out / f"{label}-seed{seed}",
-                          task=s.task, seeds=[seed], budget_seconds=s.budget_seconds, backend=self.loop.backend,
+        s = self.loop.ctx.settings
+        res = run_cascade(tree, self.loop.ctx.harness_dir, self.loop.ctx.data_dir(), self.out / f"{label}-seed{seed}",
+                          task=s.task, seeds=[seed], budget_seconds=s.budget_seconds, backend=self.loop.ctx.backend,
                           stages=("train", "evaluate"), threads=self.threads, cpus=self.cpus, gpus=s.gpus,
                           gpu_ids=list(s.gpu_ids or ["0"])[:1] if s.gpus else (), heldout_split=self.split,
                           memory_mb=s.memory_mb, setup_allowance_s=s.setup_allowance_seconds)
@@ -124,8 +124,8 @@ def checkout(repo: Path, sha: str, where: Path) -> Path:
 
 def trajectory(loop: Any) -> list[dict[str, Any]]:
     rows = []
-    for pid in loop.store.ids():
-        r = loop.store.result(pid) or {}
+    for pid in loop.ctx.store.ids():
+        r = loop.ctx.store.result(pid) or {}
         pairs = [p for p in (r.get("judgement") or {}).get("pairs") or [] if not p.get("void")]
         rows.append({
             "cycle": r.get("cycle"), "id": pid, "verdict": r.get("verdict"),
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                         cycles=args.cycles, max_runtime_seconds=args.minutes * 60, gpus=args.gpus, **extra)
     provider = OfflineProvider(catalogue=ordered_catalogue(args.order), seed=0, shuffle=args.order == "seeded")
     loop = EvolutionLoop(repo, settings, display=LoopDisplay(live=False), provider=provider)
-    print(f"proof run {loop.run_id} in {repo}: task {args.task}, budget {args.budget:g}s, metric {args.metric}, "
+    print(f"proof run {loop.ctx.run_id} in {repo}: task {args.task}, budget {args.budget:g}s, metric {args.metric}, "
           f"backend {args.backend}{', GPUs' if args.gpus else ''}, loop for {args.minutes:g} min, order {args.order}",
           flush=True)
     loop.run()
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         if r["verdict"] not in ("merged", "rejected", "inconclusive"):
             print(f"  {r['id']}: {r['verdict']}: {r['reason'][:200]}")
 
-    best_branch = loop.record.run_branch
+    best_branch = loop.ctx.record.run_branch
     merges = _git(repo, "log", "--first-parent", "--merges", "--reverse", "--format=%H %P", best_branch).split("\n")
     merges = [m.split() for m in merges if m.strip()]
     runner = PairRunner(loop, tmp / "remeasure", "final")
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                  if m == "exact_accuracy" else ""))
         final[m] = {"gain": mean, "interval": [lo, hi]}
     (tmp / "proof.json").write_text(json.dumps({
-        "args": vars(args), "run_id": loop.run_id, "start": start_sha, "best": best_sha, "trajectory": rows,
+        "args": vars(args), "run_id": loop.ctx.run_id, "start": start_sha, "best": best_sha, "trajectory": rows,
         "remeasured": remeasured, "final": final, "minutes": (time.monotonic() - started) / 60}, indent=1,
         default=str) + "\n")
     print(f"\n{(time.monotonic() - started) / 60:.1f} min in all; record: {repo} (evolve.py history/report "

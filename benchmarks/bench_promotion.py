@@ -310,14 +310,14 @@ def run_real_loop(args: argparse.Namespace) -> int:
     loop = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
     try:
         loop.measure_baseline()
-        print(f"run {loop.run_id} in {repo}; task {args.task}, budget {args.budget:g}s, metric {args.metric}, "
+        print(f"run {loop.ctx.run_id} in {repo}; task {args.task}, budget {args.budget:g}s, metric {args.metric}, "
               f"backend {args.backend}; parent: the planted-regression commit")
         # ---- noise: the parent alone on many seeds, two side by side (as a pair runs)
-        worktree = loop.record.run_worktree()
+        worktree = loop.ctx.record.run_worktree()
 
         def one(seed: int) -> float:
-            res = run_cascade(worktree, loop.harness_dir, loop.data_dir(), tmp / "noise" / f"seed{seed}",
-                              task=args.task, seeds=[seed], budget_seconds=args.budget, backend=loop.backend,
+            res = run_cascade(worktree, loop.ctx.harness_dir, loop.ctx.data_dir(), tmp / "noise" / f"seed{seed}",
+                              task=args.task, seeds=[seed], budget_seconds=args.budget, backend=loop.ctx.backend,
                               stages=("train", "evaluate"), threads=max(1, settings.threads // 2),
                               cpus=max(1.0, settings.cpus / 2))
             if not res.ok:
@@ -346,10 +346,10 @@ def run_real_loop(args: argparse.Namespace) -> int:
                                                    "hrm/presets.py", REGRESSION_TARGET, original)))
         outcomes: dict[str, list[tuple[str, float | None, int]]] = {"null": [], "effect": []}
         for i, (kind, proposal) in enumerate(candidates, 1):
-            loop.control = Control()  # each candidate is the first confirmation of its run
+            loop.ctx.control = Control()  # each candidate is the first confirmation of its run
             t = time.monotonic()
             out = loop.evaluate_candidate(proposal, i, {"llm_seconds": 0.0})
-            result = loop.store.result(proposal.id) or {}
+            result = loop.ctx.store.result(proposal.id) or {}
             pairs = len((result.get("judgement") or {}).get("pairs") or [])
             promoted = out.verdict in ("pending-review", "merged")
             outcomes[kind].append((out.verdict, out.delta, pairs))
@@ -359,7 +359,7 @@ def run_real_loop(args: argparse.Namespace) -> int:
     finally:
         if hog is not None:
             hog.kill()
-        loop.record.close()
+        loop.ctx.record.close()
 
     nulls, effects = outcomes["null"], outcomes["effect"]
     promoted = lambda rows: sum(1 for v, _, _ in rows if v in ("pending-review", "merged"))  # noqa: E731

@@ -307,7 +307,7 @@ def child_main(config_path: Path) -> int:
         summary["settings"] = settings.to_dict()
         with LoopDisplay(Console(width=150, highlight=False), live=False) as display:
             loop = EvolutionLoop(Path(cfg["repo"]), settings, display=display, provider=OfflineProvider(shuffle=False))
-            summary.update(run_id=loop.run_id, run_dir=str(loop.run_dir))
+            summary.update(run_id=loop.ctx.run_id, run_dir=str(loop.ctx.run_dir))
             measure = loop.measure_baseline
 
             def timed_baseline() -> Any:
@@ -324,7 +324,7 @@ def child_main(config_path: Path) -> int:
             finally:
                 summary["loop_s"] = time.monotonic() - t0
                 summary["stop_reason"] = loop.stop_reason
-        summary["results"] = [loop.store.result(pid) for pid in loop.store.ids()]
+        summary["results"] = [loop.ctx.store.result(pid) for pid in loop.ctx.store.ids()]
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which goes on with the other modes
         summary["error"] = f"{type(exc).__name__}: {exc}"
         summary.setdefault("loop_s", time.monotonic() - t0)

@@ -4,63 +4,122 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from dotenv import dotenv_values
 
 ENV_PREFIX = "HRM_"
+PROVIDERS = ("lmstudio", "openai", "ollama", "offline")
+BACKENDS = ("auto", "docker", "local")
+
+
+def setting(default: Any = MISSING, help: str = "", *, flag: str | None = "", factory: Any = MISSING,
+            check: str | None = None, choices: tuple[str, ...] | None = None, negate: bool = False,
+            metavar: str | None = None) -> Any:
+    """A field of `Settings` with everything the interfaces need to offer it: its help text, its flag (""
+    derives ``--field-name``; None offers it as HRM_* / .env only), the check its values pass ("positive",
+    "non_negative", "fraction"), its choices, and for a boolean whose flag turns it off, ``negate``."""
+    meta = {"help": help, "flag": flag, "check": check, "choices": choices, "negate": negate, "metavar": metavar}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class Settings:
-    provider: str = "offline"  # lmstudio | openai | ollama | offline
-    model: str | None = None  # provider model name; None = the provider's default
-    host: str | None = None  # provider base URL; None = the provider's default
-    fallback_provider: str | None = None  # e.g. "offline" when the LLM server is unreachable
-    context_tokens: int | None = None  # the server's context size when it does not say (Ollama: sent as num_ctx)
-    max_reply_tokens: int | None = None  # sent as max_tokens; None = a quarter of the context (512..4096)
-    llm_timeout: float = 120.0  # seconds to wait for the server's first chunk and between chunks
-    llm_retries: int = 3  # retries after a timeout, a dropped connection or HTTP 5xx
-    task: str = "sudoku4"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the first selection seeds of every candidate
-    max_seeds: int = 10  # selection stops at this many seed pairs (sequential rule: evolver/judge/promotion.py)
-    confirm_seeds: int = 6  # fresh seed pairs a selected candidate is confirmed on
-    side_by_side: bool = True  # train parent and candidate of a pair at the same time, half the machine each
-    executor: str = "auto"  # local | ray | auto (ray when ray_address or RAY_ADDRESS is set): evolver/execute/local.py
-    ray_address: str | None = None  # the Ray head, host:port (default: RAY_ADDRESS)
-    workers: int | None = None  # local worker slots; None = one per GPU, or per core at one thread (>= 2 side by side)
-    cohort: int | None = None  # candidates judged at once; None = as many as the workers train pairs for at once
-    screen: int = 0  # successive halving: screen batches of this many candidates at a short budget (0 = off)
-    screen_fraction: float = 0.5  # the share of each screen batch judged in full
-    screen_budget_seconds: float | None = None  # the screen pair's training budget; None = budget_seconds / 4
-    screen_audit: float = 0.25  # the share of screened-out candidates judged in full anyway, to measure the screen
-    early_stop: bool = False  # stop a candidate whose learning curve is clearly below its parent's (local slots)
-    early_stop_margin: float = 0.15  # ... by more than this training-batch token accuracy, past half the budget
-    early_stop_audit: float = 0.25  # the share of early stops only recorded, to measure what they cost
-    throughput_tolerance: float = 0.25  # a pair whose parent ran this much off its median steps/s is void
-    setup_allowance_seconds: float = 30.0  # host-measured seconds a train stage may take beyond its budget
-    budget_seconds: float = 40.0  # training budget per seed, set by the harness, not by candidate code
-    cycles: int = 3  # 0 = until --max-runtime or Ctrl-C
-    max_runtime_seconds: float | None = None
-    interval_seconds: float = 0.0  # pause between cycles
-    metric: str = "token_accuracy"  # or "exact_accuracy" (needs longer budgets to leave 0: see README)
-    margin: float = 0.01
-    confidence: float = 0.90
-    backend: str = "auto"  # auto | docker | local
-    image: str = "hrm-evolve-sandbox:latest"
-    gpus: bool = False
-    gpu_ids: list[str] = field(default_factory=list)  # with gpus: device ids; side by side, one per sandbox
-    memory_mb: int = 6144
-    cpus: float = 2.0
-    threads: int = 2  # torch threads inside the sandbox
-    min_free_disk_gb: float = 2.0
-    min_free_memory_gb: float = 1.0
-    auto_apply: bool = False
-    allowed_paths: list[str] = field(default_factory=lambda: ["hrm/"])
-    literature: str = "auto"  # auto (arXiv, snapshot when unreachable) | snapshot | off
-    state_dir: str = ".hrm-evolve"  # caches (baselines, LLM replies, datasets), relative to the repo
+    """Every run setting, declared once: the flags of ``evolve.py run``, the HRM_<NAME> environment variables
+    and the .env keys are generated from these fields (evolver/ui/settings_flags.py, `load_settings`)."""
+
+    provider: str = setting("offline", "the LLM that proposes changes", choices=PROVIDERS)
+    model: str | None = setting(None, "model name for the provider (default: the provider's)")
+    host: str | None = setting(None, "provider base URL (default: the provider's)")
+    fallback_provider: str | None = setting(
+        None, "provider to switch to when the LLM server is unreachable (e.g. offline)")
+    context_tokens: int | None = setting(
+        None, "the LLM server's context size when it does not report one (e.g. 4096; Ollama: sent as num_ctx)",
+        check="positive")
+    max_reply_tokens: int | None = setting(
+        None, "tokens reserved for the reply, sent as max_tokens (default: a quarter of the context, 512..4096)",
+        check="positive")
+    llm_timeout: float = setting(120.0, "seconds to wait for the server's first token and between tokens",
+                                 check="positive")
+    llm_retries: int = setting(3, "retries after a timeout, a dropped connection or HTTP 5xx", check="non_negative")
+    task: str = setting("sudoku4", "HRM preset/task to score on")
+    seeds: list[int] = setting(help="the first selection seeds of every candidate, e.g. 0,1,2; more are added "
+                                    "while the candidate is promising but undecided",
+                               factory=lambda: [0, 1, 2], metavar="S,S,...")
+    max_seeds: int = setting(10, "cap on selection seed pairs (sequential rule: evolver/judge/promotion.py)",
+                             check="positive")
+    confirm_seeds: int = setting(6, "fresh seed pairs a selected candidate must be confirmed on", check="positive")
+    side_by_side: bool = setting(True, "train the two sides of a pair one after the other (default: side by "
+                                       "side, half the machine each)", flag="--serial-pairs", negate=True)
+    executor: str = setting("auto", "where the two sides of a seed pair run: local worker slots, or the nodes of "
+                                    "a Ray cluster (needs pip install -e '.[ray]'); auto: ray when --ray-address "
+                                    "or RAY_ADDRESS is set, else local", choices=("local", "ray", "auto"))
+    ray_address: str | None = setting(None, "the Ray head to join, host:port (default: RAY_ADDRESS); the git "
+                                            "record and every verdict stay on this machine", metavar="ADDR")
+    workers: int | None = setting(
+        None, "local worker slots, each with its own GPU id from --gpu-ids (default: what the machine offers: one "
+              "per GPU with --gpus, else one per core at one torch thread; at least 2 side by side, 1 with "
+              "--serial-pairs)", check="positive")
+    cohort: int | None = setting(
+        None, "candidates judged at once, proposals requested ahead while they train (default: as many as the "
+              "workers train pairs for at once; 1 on a 2-core machine). Confirmations and merges keep cycle "
+              "order; a winner whose parent is no longer the best is rebased and confirmed against the new best",
+        check="positive")
+    screen: int = setting(0, "successive halving: screen batches of N candidates with one short-budget seed pair "
+                             "each and judge only the best --screen-fraction in full (0: off)",
+                          check="non_negative", metavar="N")
+    screen_fraction: float = setting(0.5, "the share of each screen batch judged in full", check="fraction")
+    screen_budget_seconds: float | None = setting(
+        None, "the screen pair's training budget in seconds (default: a quarter of --budget-seconds)",
+        flag="--screen-budget", check="positive")
+    screen_audit: float = setting(0.25, "the share of screened-out candidates judged in full anyway, so the run "
+                                        "measures what the screen drops", check="fraction")
+    early_stop: bool = setting(False, "stop a candidate whose training accuracy is clearly below its parent's at "
+                                      "the same elapsed time, past half the budget (local worker slots; it can "
+                                      "only reject)")
+    early_stop_margin: float = setting(0.15, "how far below the parent's training-batch token accuracy stops a "
+                                             "candidate", check="positive")
+    early_stop_audit: float = setting(0.25, "the share of early stops only recorded, not enforced, to measure "
+                                            "what they cost", check="fraction")
+    throughput_tolerance: float = setting(0.25, "void a seed pair whose parent trained this much (relative) off "
+                                                "its median steps/s", check="positive")
+    setup_allowance_seconds: float = setting(30.0, "host-measured seconds a train stage may take beyond its "
+                                                   "budget", flag="--setup-allowance", check="positive")
+    budget_seconds: float = setting(40.0, "training budget per seed, set by the harness, not by candidate code; "
+                                          "the host kills a train stage at this plus --setup-allowance seconds of "
+                                          "its own clock", check="positive")
+    cycles: int = setting(3, "number of cycles (0 = until --max-runtime or Ctrl-C)", check="non_negative")
+    max_runtime_seconds: float | None = setting(None, "stop starting cycles after this many seconds",
+                                                flag="--max-runtime", check="positive")
+    interval_seconds: float = setting(0.0, "seconds to wait between cycles", flag="--interval",
+                                      check="non_negative")
+    metric: str = setting("token_accuracy", "held-out score the merge rule compares (exact_accuracy needs longer "
+                                            "budgets to leave 0: see README)",
+                          choices=("exact_accuracy", "token_accuracy"))
+    margin: float = setting(0.01, "minimum mean gain to merge")
+    confidence: float = setting(0.90, "the run's confidence level", flag=None)
+    backend: str = setting("auto", "the sandbox: Docker, or the hardened local process", choices=BACKENDS)
+    image: str = setting("hrm-evolve-sandbox:latest", "sandbox image for the Docker backend (a CUDA build for "
+                                                      "--gpus)")
+    gpus: bool = setting(False, "train on a GPU: one per sandbox, CUDA checked inside it (needs a CUDA image)")
+    gpu_ids: list[str] = setting(help="device ids for --gpus, e.g. 0,1: the parent's sandbox takes the first, the "
+                                      "candidate's beside it the second (default 0)", factory=list,
+                                 metavar="ID,ID,...")
+    memory_mb: int = setting(6144, "memory limit of one sandbox, MB", flag=None, check="positive")
+    cpus: float = setting(2.0, "CPUs of one sandbox", flag=None, check="positive")
+    threads: int = setting(2, "torch threads inside the sandbox", flag=None, check="positive")
+    min_free_disk_gb: float = setting(2.0, "refuse to start a cycle with less free disk", flag=None)
+    min_free_memory_gb: float = setting(1.0, "refuse to start a cycle with less free memory", flag=None)
+    auto_apply: bool = setting(False, "merge winners without review")
+    allowed_paths: list[str] = setting(help="the paths a proposal may edit", factory=lambda: ["hrm/"], flag=None)
+    literature: str = setting("auto", "recent papers for the request: auto (arXiv, the snapshot when "
+                                      "unreachable), snapshot, or off", choices=("auto", "snapshot", "off"))
+    state_dir: str = setting(".hrm-evolve", "caches (baselines, LLM replies, datasets), relative to the repo",
+                             flag=None)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,11 +129,11 @@ class Settings:
         return p if p.is_absolute() else Path(repo) / p
 
 
-# Fields whose default is None, by the type a value takes.
-OPTIONAL_TYPES: dict[str, type] = {"max_runtime_seconds": float, "context_tokens": int, "max_reply_tokens": int,
-                                   "workers": int, "cohort": int, "screen_budget_seconds": float}
-POSITIVE = ("context_tokens", "max_reply_tokens", "llm_timeout", "workers", "cohort")
-NON_NEGATIVE = ("llm_retries",)
+def value_type(name: str) -> type:
+    """The type one value of setting ``name`` takes: ``int`` for ``int | None``, the item type of a list."""
+    hint = get_type_hints(Settings)[name]
+    args = [a for a in getattr(hint, "__args__", ()) if a is not type(None)]
+    return args[0] if args else hint
 
 
 def _number(value: str, kind: type, name: str) -> Any:
@@ -85,13 +144,31 @@ def _number(value: str, kind: type, name: str) -> Any:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}: expected {what}, got {value!r}") from None
 
 
+CHECKS = {"positive": (lambda v: v > 0, "must be positive"),
+          "non_negative": (lambda v: v >= 0, "must not be negative"),
+          "fraction": (lambda v: 0 <= v <= 1, "must be between 0 and 1")}
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid value of setting ``name`` (its declared check and choices), or None."""
+    meta = FIELDS[name].metadata
+    if value is None:
+        return None
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"must be one of {', '.join(meta['choices'])}, got {value!r}"
+    check = meta.get("check")
+    if check and isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok, words = CHECKS[check]
+        if not ok(value):
+            return f"{words}, got {value!r}"
+    return None
+
+
 def _check(name: str, value: Any) -> None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return
-    if name in POSITIVE and value <= 0:
-        raise ValueError(f"{name} ({ENV_PREFIX}{name.upper()}) must be positive, got {value!r}")
-    if name in NON_NEGATIVE and value < 0:
-        raise ValueError(f"{name} ({ENV_PREFIX}{name.upper()}) must not be negative, got {value!r}")
+    problem = check_value(name, value)
+    if problem:
+        raise ValueError(f"{name} ({ENV_PREFIX}{name.upper()}) {problem}")
 
 
 def _coerce(value: str, current: Any, name: str) -> Any:
@@ -109,11 +186,12 @@ def _coerce(value: str, current: Any, name: str) -> Any:
         return _number(value, float, name)
     if isinstance(current, list):
         items = [v.strip() for v in value.split(",") if v.strip()]
-        return [int(v) for v in items] if name == "seeds" else items
+        return [int(v) for v in items] if value_type(name) is int else items
     if value.strip().lower() in {"", "none", "null"}:
         return None
-    if name in OPTIONAL_TYPES:
-        return _number(value, OPTIONAL_TYPES[name], name)
+    kind = value_type(name)
+    if kind in (int, float):
+        return _number(value, kind, name)
     return value
 
 

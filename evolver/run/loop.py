@@ -20,25 +20,21 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 
-from edits.paths import PathPolicy
 from evolver.judge import fidelity
 from evolver.judge.pairs import Judgement
-from evolver.judge.promotion import ConfirmationRule, RunErrorControl, SelectionRule
 from evolver.judge.screening import ScreenBatches, screen_budget
 from evolver.propose.literature import literature_context
 from evolver.propose.prompt import HistoryItem
 from evolver.propose.providers import ProviderError, get_provider
 from evolver.propose.providers.base import Provider
 from evolver.propose.repo_summary import build_repo_summary
-from evolver.record.git_record import EvolutionRecord, RecordError
-from evolver.record.store import ProposalStore
+from evolver.record.git_record import RecordError
 from evolver.run.baseline import measure_parent, weak_baseline_warning
 from evolver.run.candidate import CandidateEvaluator
 from evolver.run.cohort import CycleOrder, start_in_background, wait_any
@@ -57,9 +53,8 @@ def _mean(xs: list[float]) -> float | None:
 class EvolutionLoop:
     """One evolution run over the repository at `repo`, recorded on `evolve/<run-id>/best`.
 
-    The run's shared state lives in `self.ctx` (a `RunContext`); judging candidates is `self.candidates`'
-    job (a `CandidateEvaluator`). The loop's attributes of old (`settings`, `record`, `store`, `run_dir`,
-    `baseline`, `control`, `outcomes`, `data_dir()`, ...) read and, where a caller sets them, write those."""
+    The run's shared state lives in `self.ctx` (a `RunContext`: settings, record, store, run_dir, baseline,
+    control, outcomes, ...); judging candidates is `self.candidates`' job (a `CandidateEvaluator`)."""
 
     def __init__(self, repo: Path, settings: Settings, *, run_id: str | None = None,
                  display: LoopDisplay | None = None, harness_dir: Path | None = None,
@@ -70,109 +65,13 @@ class EvolutionLoop:
         self.stop_reason: str | None = None
         self.candidates = CandidateEvaluator(self.ctx)  # its rules read the settings a resume kept
 
-    # ------------------------------------------------------------------ the run's context
-    @property
-    def repo(self) -> Path:
-        return self.ctx.repo
-
-    @property
-    def settings(self) -> Settings:
-        return self.ctx.settings
-
-    @property
-    def state(self) -> Path:
-        return self.ctx.state
-
-    @property
-    def display(self) -> LoopDisplay:
-        return self.ctx.display
-
-    @property
-    def record(self) -> EvolutionRecord:
-        return self.ctx.record
-
-    @property
-    def store(self) -> ProposalStore:
-        return self.ctx.store
-
-    @property
-    def run_id(self) -> str:
-        return self.ctx.run_id
-
-    @property
-    def run_dir(self) -> Path:
-        return self.ctx.run_dir
-
-    @property
-    def policy(self) -> PathPolicy:
-        return self.ctx.policy
-
-    @property
-    def backend(self) -> Any:
-        return self.ctx.backend
-
-    @property
-    def harness_dir(self) -> Path:
-        """The pristine read-only harness copy every stage mounts (never the engine root)."""
-        return self.ctx.harness_dir
-
-    @property
-    def data_dir(self) -> Callable[[], Path]:
-        """The run's data splits, as `loop.data_dir()`; assigning a function here replaces how every job of
-        the run finds them (a test points them at prepared data)."""
-        return self.ctx.data_dir
-
-    @data_dir.setter
-    def data_dir(self, find: Callable[[], Path]) -> None:
-        self.ctx.data_dir = find  # type: ignore[method-assign]
-
-    @property
-    def baseline(self) -> Baseline | None:
-        return self.ctx.baseline
-
-    @baseline.setter
-    def baseline(self, baseline: Baseline | None) -> None:
-        self.ctx.baseline = baseline
-
-    @property
-    def control(self) -> RunErrorControl:
-        return self.ctx.control
-
-    @control.setter
-    def control(self, control: RunErrorControl) -> None:
-        self.ctx.control = control
-
-    @property
-    def outcomes(self) -> list[CycleOutcome]:
-        return self.ctx.outcomes
-
-    @property
-    def server_info(self) -> dict[str, Any] | None:
-        return self.ctx.server_info
-
-    @property
-    def selection_rule(self) -> SelectionRule:
-        return self.candidates.selection_rule
-
-    @property
-    def confirmation_rule(self) -> ConfirmationRule:
-        return self.candidates.confirmation_rule
-
-    @property
-    def _executor(self) -> Any:
-        return self.candidates.executor
-
-    @_executor.setter
-    def _executor(self, executor: Any) -> None:
-        self.candidates.executor = executor
-
     @property
     def provider(self) -> Provider:
         if self._provider is None:
-            s = self.settings
+            s = self.ctx.settings
             self._provider = get_provider(s.provider, model=s.model, host=s.host, timeout=s.llm_timeout,
                                           max_retries=s.llm_retries, context_tokens=s.context_tokens,
-                                          max_reply_tokens=s.max_reply_tokens, cache_dir=self.state / "llm-cache")
+                                          max_reply_tokens=s.max_reply_tokens, cache_dir=self.ctx.state / "llm-cache")
         return self._provider
 
     # ------------------------------------------------------------------ the jobs
@@ -194,9 +93,9 @@ class EvolutionLoop:
     # ------------------------------------------------------------------ proposing
     def _history(self) -> list[HistoryItem]:
         items = []
-        for pid in self.store.ids():
-            result = self.store.result(pid) or {}
-            proposal = self.store.proposal(pid) or {}
+        for pid in self.ctx.store.ids():
+            result = self.ctx.store.result(pid) or {}
+            proposal = self.ctx.store.proposal(pid) or {}
             verdict = result.get("verdict", "unfinished")
             if result.get("failed_stage"):
                 verdict = f"{verdict} at {result['failed_stage']}: {str(result.get('reason', ''))[:120]}"
@@ -206,7 +105,7 @@ class EvolutionLoop:
         return items
 
     def _unique_id(self, pid: str) -> str:
-        taken = set(self.record.candidate_ids()) | set(self.store.ids())
+        taken = set(self.ctx.record.candidate_ids()) | set(self.ctx.store.ids())
         if pid not in taken:
             return pid
         for i in range(2, 1000):
@@ -219,37 +118,37 @@ class EvolutionLoop:
     def papers(self) -> list[Any]:
         """The run's citable literature, chosen once per run (a stable citation list)."""
         if self._papers is None:
-            s = self.settings
+            s = self.ctx.settings
             self._papers = [] if s.literature == "off" else literature_context(
-                8, state_dir=self.state / "literature", offline=(s.literature == "snapshot"))
+                8, state_dir=self.ctx.state / "literature", offline=(s.literature == "snapshot"))
         return self._papers
 
     def propose(self, cycle: int, *, parent: Baseline | None = None) -> tuple[Proposal, dict[str, Any]]:
         """Ask the provider for the next proposal, on the run's best (its worktree), or with ``parent`` (a
         cohort) on that commit's pinned copy, so a merge landing meanwhile changes nothing the LLM reads."""
-        s = self.settings
-        self.display.stage("propose", f"asking {s.provider} for a proposal")
+        s = self.ctx.settings
+        self.ctx.display.stage("propose", f"asking {s.provider} for a proposal")
         with self.ctx.lock:
-            worktree = self.ctx.parent_tree(parent.commit) if parent else self.record.run_worktree()
+            worktree = self.ctx.parent_tree(parent.commit) if parent else self.ctx.record.run_worktree()
             history = self._history()
-            parent_commit = parent.commit if parent else self.record.best_commit()
-        base = parent or self.baseline
+            parent_commit = parent.commit if parent else self.ctx.record.best_commit()
+        base = parent or self.ctx.baseline
         best = _mean(base.scores) if base else None
 
         def summary(budget: int) -> str:
-            return build_repo_summary(worktree, policy=self.policy, budget_tokens=budget, best_score=best)
+            return build_repo_summary(worktree, policy=self.ctx.policy, budget_tokens=budget, best_score=best)
 
         started = time.monotonic()
         try:
             prompt = self.provider.fit_prompt(summary, self.papers, history, proposal_json_schema(),
                                               metric=s.metric, seed=cycle)
-            reply = self.provider.propose(prompt, progress=self.display.llm_progress)
+            reply = self.provider.propose(prompt, progress=self.ctx.display.llm_progress)
         except ProviderError as exc:
             if not self._fall_back(exc):
                 raise
             prompt = self.provider.fit_prompt(summary, self.papers, history, proposal_json_schema(),
                                               metric=s.metric, seed=cycle)
-            reply = self.provider.propose(prompt, progress=self.display.llm_progress)
+            reply = self.provider.propose(prompt, progress=self.ctx.display.llm_progress)
         proposal = reply.proposal
         provenance = proposal.provenance.model_copy(update={"parent_commit": parent_commit})
         with self.ctx.lock:
@@ -258,50 +157,50 @@ class EvolutionLoop:
                 "prompt_tokens": getattr(prompt, "prompt_tokens", None),
                 "prompt_budget": getattr(prompt, "budget_tokens", None), "trimmed": getattr(prompt, "trimmed", None)}
         if reply.dropped_citations:
-            self.display.log(f"citations dropped (not in the run's list): {', '.join(reply.dropped_citations)}")
+            self.ctx.display.log(f"citations dropped (not in the run's list): {', '.join(reply.dropped_citations)}")
         return proposal, info
 
     # ------------------------------------------------------------------ resume
     def resume_unfinished(self) -> None:
         """Finish candidates an interrupted run left: stored proposal without result."""
-        for pid in self.store.ids():
-            if self.store.result(pid) is not None:
+        for pid in self.ctx.store.ids():
+            if self.ctx.store.result(pid) is not None:
                 continue
-            stored = self.store.proposal(pid)
+            stored = self.ctx.store.proposal(pid)
             if stored is None:
                 continue
             proposal = Proposal.model_validate(stored)
-            ids = set(self.record.candidate_ids())
-            self.display.log(f"resume: finishing candidate {pid}")
+            ids = set(self.ctx.record.candidate_ids())
+            self.ctx.display.log(f"resume: finishing candidate {pid}")
             if pid in ids:
-                info = self.record.candidate_info(pid)
+                info = self.ctx.record.candidate_info(pid)
                 if info.merged:
                     # The merge landed before the crash; the baseline measured at start is already the merged
                     # best's (cached by its hrm/ tree, or re-measured). Only the result file is missing.
                     note = info.note or {}
-                    self.store.save_result(pid, {
-                        "proposal_id": pid, "run_id": self.run_id, "title": proposal.title, "verdict": "merged",
+                    self.ctx.store.save_result(pid, {
+                        "proposal_id": pid, "run_id": self.ctx.run_id, "title": proposal.title, "verdict": "merged",
                         "failed_stage": None, "scores": note.get("scores", {}), "finished": utc_now(),
                         "reason": "merged before an interruption; result recovered on resume",
                         "candidate_commit": info.tip, "parent": info.parent, "branch": info.branch})
                     continue
                 if info.committed:
-                    cand = self.record.open_candidate(pid)
-                    result = {"proposal_id": pid, "run_id": self.run_id, "cycle": len(self.store.ids()),
+                    cand = self.ctx.record.open_candidate(pid)
+                    result = {"proposal_id": pid, "run_id": self.ctx.run_id, "cycle": len(self.ctx.store.ids()),
                               "title": proposal.title, "started": utc_now(), "resumed": True,
                               "citations": [c.arxiv_id for c in proposal.citations],
                               "candidate_commit": info.tip, "parent": info.parent, "branch": info.branch}
                     self.candidates.run_committed(cand, proposal, result, {})
                     continue
-                self.record.discard_candidate(self.record.open_candidate(pid))
-            self.evaluate_candidate(proposal, len(self.store.ids()), {"resumed": True})
+                self.ctx.record.discard_candidate(self.ctx.record.open_candidate(pid))
+            self.evaluate_candidate(proposal, len(self.ctx.store.ids()), {"resumed": True})
 
     # ------------------------------------------------------------------ the run
     def run(self) -> list[CycleOutcome]:
-        s = self.settings
+        s = self.ctx.settings
         started = time.monotonic()
-        d = self.display
-        d.set_header(run=self.run_id, provider=s.provider, task=s.task, seeds=s.seeds,
+        d = self.ctx.display
+        d.set_header(run=self.ctx.run_id, provider=s.provider, task=s.task, seeds=s.seeds,
                      budget=f"{s.budget_seconds:g}s")
         try:
             self._preflight()
@@ -310,19 +209,19 @@ class EvolutionLoop:
                 d.log("[yellow]early stop:[/] it reads the curves of local worker slots only; it is off with "
                       f"--executor {self.ctx.executor_kind}")
             self.measure_baseline()
-            assert self.baseline is not None
-            d.set_header(baseline=f"{statistics.fmean(self.baseline.scores):.3f}")
-            d.log(f"baseline {self.baseline.commit[:10]}: {s.metric} per seed {self.baseline.scores}"
-                  + (" (cached)" if self.baseline.cached else ""))
-            warning = weak_baseline_warning(self.baseline, s.metric)
+            assert self.ctx.baseline is not None
+            d.set_header(baseline=f"{statistics.fmean(self.ctx.baseline.scores):.3f}")
+            d.log(f"baseline {self.ctx.baseline.commit[:10]}: {s.metric} per seed {self.ctx.baseline.scores}"
+                  + (" (cached)" if self.ctx.baseline.cached else ""))
+            warning = weak_baseline_warning(self.ctx.baseline, s.metric)
             if warning:
                 d.log(warning)
-            if self.record.resumed:
+            if self.ctx.record.resumed:
                 self.resume_unfinished()
-            if self.ctx.cohort_size() > 1 or self.settings.screen:
+            if self.ctx.cohort_size() > 1 or self.ctx.settings.screen:
                 self._run_cohort(started)
-                return self.outcomes
-            cycle = len(self.store.ids())
+                return self.ctx.outcomes
+            cycle = len(self.ctx.store.ids())
             done = 0
             while True:
                 reason = self._stop_reason(done, started)
@@ -338,45 +237,45 @@ class EvolutionLoop:
                     time.sleep(s.interval_seconds)
         except KeyboardInterrupt:
             self.stop_reason = (f"interrupted; nothing recorded is lost. Resume with: "
-                                f"python evolve.py --resume {self.run_id}")
+                                f"python evolve.py --resume {self.ctx.run_id}")
         except StopRun as exc:
             self.stop_reason = str(exc)
         finally:
             self.ctx.close_executor()  # first: a Ctrl-C's sandboxes still train on the worktrees _tidy removes
             self._tidy()
             self._save_fidelity()
-            self.record.close()
-        return self.outcomes
+            self.ctx.record.close()
+        return self.ctx.outcomes
 
     def _save_fidelity(self) -> None:
         """How well the cheap stages predicted the full judgement over the run so far (fidelity.json in the
         run directory; the report shows it too)."""
         try:
             with self.ctx.lock:
-                results = [r for r in (self.store.result(pid) for pid in self.store.ids()) if r]
+                results = [r for r in (self.ctx.store.result(pid) for pid in self.ctx.store.ids()) if r]
             summary = fidelity.assess(results)
-            fidelity.save(self.run_dir, summary)
+            fidelity.save(self.ctx.run_dir, summary)
         except (OSError, ValueError, RecordError) as exc:
-            self.display.log(f"[yellow]fidelity:[/] not saved: {escape(str(exc))}")
+            self.ctx.display.log(f"[yellow]fidelity:[/] not saved: {escape(str(exc))}")
             return
         if summary.get("judged"):
-            self.display.log("fidelity of the cheap stages: " + "; ".join(fidelity.describe(summary)))
+            self.ctx.display.log("fidelity of the cheap stages: " + "; ".join(fidelity.describe(summary)))
 
     # ------------------------------------------------------------------ a cohort (evolver/run/cohort.py)
     def _run_cohort(self, started: float) -> None:
         """Keep up to `cohort_size()` candidates in flight until a stop reason; then let those finish. A
         Ctrl-C does not wait: the cycles still running write nothing more (the run's lock stays taken) and
         are re-run on resume."""
-        s = self.settings
+        s = self.ctx.settings
         size = self.ctx.cohort_size()
         order = CycleOrder()
-        batches = (ScreenBatches(s.screen, fraction=s.screen_fraction, audit=s.screen_audit, key=self.run_id)
+        batches = (ScreenBatches(s.screen, fraction=s.screen_fraction, audit=s.screen_audit, key=self.ctx.run_id)
                    if s.screen else None)
         limit = max(size, s.screen or 0)  # a screen batch waits for all its members: they must all be in flight
         inflight: dict[int, Future[Any]] = {}
-        cycle = len(self.store.ids())
+        cycle = len(self.ctx.store.ids())
         done = 0
-        self.display.log(f"cohort: up to {size} candidates judged at once on {self.ctx.workers()} worker slot(s); "
+        self.ctx.display.log(f"cohort: up to {size} candidates judged at once on {self.ctx.workers()} worker slot(s); "
                          "confirmations and merges in cycle order"
                          + (f"; screen batches of {s.screen} at {screen_budget(s):g}s, the top "
                             f"{s.screen_fraction:g} judged in full" if batches else ""))
@@ -389,7 +288,7 @@ class EvolutionLoop:
                         break
                     cycle += 1
                     done += 1
-                    self.display.set_header(cycle=f"{done}/{s.cycles or 'inf'}")
+                    self.ctx.display.set_header(cycle=f"{done}/{s.cycles or 'inf'}")
                     future = self._start_cycle(cycle, order, batches)
                     if future is not None:
                         inflight[cycle] = future
@@ -409,15 +308,15 @@ class EvolutionLoop:
         """Propose on the best (measured first when it is new) and start judging the candidate in the
         background; None when no candidate came of it (a refused reply, an invalid patch, a stop)."""
         with self.ctx.lock:
-            best = self.record.best_commit()
-        parent = self.baseline
+            best = self.ctx.record.best_commit()
+        parent = self.ctx.baseline
         if parent is None or parent.commit != best:
             parent = self.measure_baseline()
         try:
             proposal, info = self.propose(cycle, parent=parent)
         except ProviderError as exc:
             if exc.kind in ("unreachable", "config", "cache_miss"):
-                self.stop_reason = f"LLM provider {self.settings.provider}: {exc}"
+                self.stop_reason = f"LLM provider {self.ctx.settings.provider}: {exc}"
                 return None
             with self.ctx.lock:
                 self._record_failed_proposal(cycle, exc)
@@ -426,8 +325,8 @@ class EvolutionLoop:
             with self.ctx.lock:
                 prepared = self.candidates.prepare(proposal, cycle, info, parent=parent.commit)
         except RecordError as exc:
-            self.display.log(f"[red]record error for {proposal.id}:[/] {exc}")
-            self.outcomes.append(CycleOutcome(proposal.id, "failed", str(exc)))
+            self.ctx.display.log(f"[red]record error for {proposal.id}:[/] {exc}")
+            self.ctx.outcomes.append(CycleOutcome(proposal.id, "failed", str(exc)))
             return None
         if isinstance(prepared, CycleOutcome):
             return None
@@ -444,18 +343,18 @@ class EvolutionLoop:
         try:
             future.result()
         except RecordError as exc:
-            self.display.log(f"[red]record error:[/] {exc}")
+            self.ctx.display.log(f"[red]record error:[/] {exc}")
             with self.ctx.lock:
-                self.outcomes.append(CycleOutcome(None, "failed", str(exc)))
+                self.ctx.outcomes.append(CycleOutcome(None, "failed", str(exc)))
 
     def _tidy(self) -> None:
         """Remove the run's worktrees (candidates, best, record) when it stops, however it stops: everything is
         on branches, and a resume or a review recreates what it needs."""
         try:
-            self.record.prune()
-            self.record.remove_run_worktree()
+            self.ctx.record.prune()
+            self.ctx.record.remove_run_worktree()
         except RecordError as exc:
-            self.display.log(f"[yellow]cleanup:[/] could not remove the run's worktrees: {escape(str(exc))}")
+            self.ctx.display.log(f"[yellow]cleanup:[/] could not remove the run's worktrees: {escape(str(exc))}")
 
     def _preflight(self) -> None:
         """Check the LLM server's API kind, model and context before spending minutes on the baseline;
@@ -464,58 +363,58 @@ class EvolutionLoop:
             info = self.provider.preflight()
         except ProviderError as exc:
             if not self._fall_back(exc):
-                raise StopRun(f"LLM provider {self.settings.provider}: {exc}") from exc
+                raise StopRun(f"LLM provider {self.ctx.settings.provider}: {exc}") from exc
             info = self.provider.preflight()
         self.ctx.server_info = info.to_dict()
-        self.display.log(f"LLM: {escape(info.describe())}")
+        self.ctx.display.log(f"LLM: {escape(info.describe())}")
         if getattr(info, "model", None):
-            self.display.set_header(model=info.model)
+            self.ctx.display.set_header(model=info.model)
         self.ctx.save_run_settings()
 
     def _fall_back(self, exc: ProviderError) -> bool:
         """Switch to the configured fallback provider when the LLM server is unreachable."""
-        s = self.settings
+        s = self.ctx.settings
         if exc.kind != "unreachable" or not s.fallback_provider or s.fallback_provider == s.provider:
             return False
-        self.display.log(f"[yellow]{exc}[/]\nfalling back to the {s.fallback_provider} provider")
+        self.ctx.display.log(f"[yellow]{exc}[/]\nfalling back to the {s.fallback_provider} provider")
         s.provider, self._provider = s.fallback_provider, None
-        self.display.set_header(provider=s.provider)
+        self.ctx.display.set_header(provider=s.provider)
         return True
 
     def _stop_reason(self, done: int, started: float) -> str | None:
-        s = self.settings
+        s = self.ctx.settings
         if s.cycles and done >= s.cycles:
             return f"finished {done} cycle(s)"
         if s.max_runtime_seconds and time.monotonic() - started >= s.max_runtime_seconds:
             return f"reached --max-runtime {s.max_runtime_seconds:g}s"
-        return check_resources(self.state, s.min_free_disk_gb, s.min_free_memory_gb)
+        return check_resources(self.ctx.state, s.min_free_disk_gb, s.min_free_memory_gb)
 
     def _one_cycle(self, cycle: int) -> None:
-        if self.baseline is None or self.baseline.commit != self.record.best_commit():
+        if self.ctx.baseline is None or self.ctx.baseline.commit != self.ctx.record.best_commit():
             self.measure_baseline()
         try:
             proposal, info = self.propose(cycle)
         except ProviderError as exc:
             if exc.kind in ("unreachable", "config", "cache_miss"):
-                raise StopRun(f"LLM provider {self.settings.provider}: {exc}") from exc
+                raise StopRun(f"LLM provider {self.ctx.settings.provider}: {exc}") from exc
             self._record_failed_proposal(cycle, exc)
             return
         try:
             self.evaluate_candidate(proposal, cycle, info)
         except RecordError as exc:
-            self.display.log(f"[red]record error for {proposal.id}:[/] {exc}")
-            self.outcomes.append(CycleOutcome(proposal.id, "failed", str(exc)))
+            self.ctx.display.log(f"[red]record error for {proposal.id}:[/] {exc}")
+            self.ctx.outcomes.append(CycleOutcome(proposal.id, "failed", str(exc)))
 
     def _record_failed_proposal(self, cycle: int, exc: ProviderError) -> None:
         """A reply that never became a valid proposal: every attempt's raw text and the reasons it was refused
         go to the run's failed_proposals.jsonl (listed by `history` and `proposals list`); the loop goes on."""
         reason = str(exc)
-        entry = {"id": f"cycle-{cycle}", "cycle": cycle, "time": utc_now(), "provider": self.settings.provider,
+        entry = {"id": f"cycle-{cycle}", "cycle": cycle, "time": utc_now(), "provider": self.ctx.settings.provider,
                  "kind": exc.kind, "reason": reason,
                  "attempts": [a.to_dict() for a in getattr(exc, "attempts", []) or []]}
-        with open(self.run_dir / "failed_proposals.jsonl", "a") as f:
+        with open(self.ctx.run_dir / "failed_proposals.jsonl", "a") as f:
             f.write(json.dumps(entry) + "\n")
-        self.store.save_refused_reply(entry)  # the record branch: travels with the run
-        self.display.upsert({"id": f"cycle-{cycle}", "cycle": cycle, "stage": "propose", "verdict": "invalid",
+        self.ctx.store.save_refused_reply(entry)  # the record branch: travels with the run
+        self.ctx.display.upsert({"id": f"cycle-{cycle}", "cycle": cycle, "stage": "propose", "verdict": "invalid",
                              "reason": reason})
-        self.outcomes.append(CycleOutcome(None, "invalid", reason))
+        self.ctx.outcomes.append(CycleOutcome(None, "invalid", reason))

@@ -297,8 +297,8 @@ def test_the_loop_judges_through_its_executor_and_records_where_each_side_ran(us
         "gpus": True, "gpu_ids": ["4", "7"], "backend": "local", "confirm_seeds": 2})
     loop = EvolutionLoop(user_repo, settings, harness_dir=tmp_path / "harness")
     try:
-        loop.baseline = Baseline("c", "t", [0, 1], [0.5, 0.5], 1.0, evidence=[{"eval_host_seconds": 10.0}])
-        loop.data_dir = lambda: tmp_path / "data"  # type: ignore[method-assign]
+        loop.ctx.baseline = Baseline("c", "t", [0, 1], [0.5, 0.5], 1.0, evidence=[{"eval_host_seconds": 10.0}])
+        loop.ctx.data_dir = lambda: tmp_path / "data"  # type: ignore[method-assign]
         _measure, run = deterministic(0.15)
         jobs: list[StageJob] = []
         lock = threading.Lock()
@@ -310,15 +310,15 @@ def test_the_loop_judges_through_its_executor_and_records_where_each_side_ran(us
             outcome.placement["gpu_ids"] = list(j.options["gpu_ids"])
             return outcome
 
-        loop._executor = LocalExecutor(2, gpu_ids=settings.gpu_ids, run=recording)
-        head = loop.record.best_commit()
+        loop.candidates.executor = LocalExecutor(2, gpu_ids=settings.gpu_ids, run=recording)
+        head = loop.ctx.record.best_commit()
         cand = SimpleNamespace(path=tmp_path / "cand", proposal_id="p1", parent=head)
         timings: dict[str, float] = {}
         judgement = loop._judge(cand, tmp_path / "out", timings)
-        worktree = str(loop.record.run_worktree())
+        worktree = str(loop.ctx.record.run_worktree())
         pinned = loop.ctx.parent_tree(head)
     finally:
-        loop.record.close()
+        loop.ctx.record.close()
     assert judgement.pairs and judgement.verdict not in ("failed", "void"), judgement.reason
     by_side = {side: [j for j in jobs if j.side == side] for side in ("parent", "candidate")}
     # the parent's jobs train a pinned copy of the commit the candidate branched from, not the run's worktree
@@ -373,4 +373,4 @@ def test_every_job_of_a_run_asks_for_the_cpus_of_one_pair_side(user_repo: Path, 
                                      phase=phase)
             assert job.options["cpus"] == cpus and job.options["threads"] == loop.ctx.stage_threads()
     finally:
-        loop.record.close()
+        loop.ctx.record.close()

@@ -378,4 +378,4 @@ def test_a_run_stops_before_its_baseline_when_no_node_can_hold_a_pair(cluster: A
         loop.ctx.check_cluster()  # 1-CPU sides: the 2-CPU node holds a pair
         assert loop.ctx.cohort_size() == 1  # the one node that holds a pair
     finally:
-        loop.record.close()
+        loop.ctx.record.close()

@@ -101,15 +101,15 @@ def run_loop(repo: Path, state: Path, catalogue: tuple[CatalogueEntry, ...], *, 
         **more})
     provider = OfflineProvider(catalogue=catalogue, shuffle=False)
     loop = EvolutionLoop(repo, settings, harness_dir=state / "harness", provider=provider)
-    loop.data_dir = lambda: state / "data"  # type: ignore[method-assign]
-    scripted = Scripted(loop.run_dir, hold=hold)
+    loop.ctx.data_dir = lambda: state / "data"  # type: ignore[method-assign]
+    scripted = Scripted(loop.ctx.run_dir, hold=hold)
     loop.ctx.executor = LocalExecutor(workers, run=scripted)
     loop.run()
     return loop, scripted
 
 
 def results(loop: EvolutionLoop) -> dict[str, dict[str, Any]]:
-    return {pid: loop.store.result(pid) or {} for pid in loop.store.ids()}
+    return {pid: loop.ctx.store.result(pid) or {} for pid in loop.ctx.store.ids()}
 
 
 def evidence(result: dict[str, Any]) -> dict[str, Any]:
@@ -154,9 +154,9 @@ def test_a_cohort_gives_the_serial_verdicts_with_candidates_in_flight_together(u
         str(cohort_loop.ctx.parent_tree(rebased["onto"]))}
     # the git record: both winners merged, in cycle order (newest first in the log)
     log = _git(user_repo, "log", "--first-parent", "--format=%(trailers:key=Proposal-Id,valueonly)",
-               f"evolve/{cohort_loop.run_id}/best")
+               f"evolve/{cohort_loop.ctx.run_id}/best")
     assert [line for line in log.split() if line] == ["charlie", "alpha"], log
-    message = _git(user_repo, "log", "-1", "--format=%B", f"evolve/{cohort_loop.run_id}/cand/charlie")
+    message = _git(user_repo, "log", "-1", "--format=%B", f"evolve/{cohort_loop.ctx.run_id}/cand/charlie")
     assert f"Parent: {rebased['onto']}" in message and "Rebased-From: " in message
 
 
@@ -170,7 +170,7 @@ def test_a_winner_whose_change_no_longer_applies_to_the_new_best_is_rejected(use
     assert out["second"]["verdict"] == "rejected"
     assert "does not apply to the new best" in out["second"]["reason"]
     assert out["second"].get("judgement") is None  # never confirmed: no level of the run was spent on it
-    control = loop.control.to_dict()
+    control = loop.ctx.control.to_dict()
     assert [h["proposal_id"] for h in control["history"]] == ["first"]
 
 
@@ -208,7 +208,7 @@ def test_successive_halving_judges_the_best_half_of_a_screen_batch(user_repo: Pa
         assert all(out[pid]["screen"]["audited"] for pid in ("none", "worse"))
         assert out["worse"]["verdict"] == "rejected" and judged == set(out)
     saved = fidelity.assess(list(out.values()))
-    on_disk = __import__("json").loads((loop.run_dir / "fidelity.json").read_text())
+    on_disk = __import__("json").loads((loop.ctx.run_dir / "fidelity.json").read_text())
     assert on_disk["stages"]["screen"] == saved["stages"]["screen"]
     assert saved["stages"]["screen"]["n"] == (2 if audit == 0.0 else 4)
     assert saved["stages"]["screen"]["dropped_winners"] == 0

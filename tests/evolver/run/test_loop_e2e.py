@@ -157,30 +157,30 @@ def test_scripted_llm_garbage_is_recorded_and_a_helpful_change_is_merged(repo: P
         outcomes = loop.run()
     assert [o.verdict for o in outcomes] == ["invalid", "merged"], [(o.verdict, o.reason) for o in outcomes]
     assert "valid" in outcomes[0].reason.lower() or "json" in outcomes[0].reason.lower()
-    failed_log = (loop.run_dir / "failed_proposals.jsonl").read_text().splitlines()
+    failed_log = (loop.ctx.run_dir / "failed_proposals.jsonl").read_text().splitlines()
     assert len(failed_log) == 1
     refused = json.loads(failed_log[0])
     assert refused["attempts"] and all(a.get("raw_text") is not None for a in refused["attempts"])
     assert "{not json at all" in refused["attempts"][0]["raw_text"]  # the raw reply is kept for review
-    hist = subprocess.run([sys.executable, str(EVOLVE), "history", "--repo", str(repo), "--run-id", loop.run_id,
+    hist = subprocess.run([sys.executable, str(EVOLVE), "history", "--repo", str(repo), "--run-id", loop.ctx.run_id,
                            "--json"], capture_output=True, text=True, timeout=120)
     assert hist.returncode == 0, hist.stderr
     verdicts = {r["proposal_id"]: r["verdict"] for r in json.loads(hist.stdout)}
     assert verdicts.get("cycle-1") == "invalid" and verdicts.get("restore-learning-rates") == "merged"
     merged = outcomes[1]
     assert merged.delta is not None and merged.delta > 0.01
-    result = loop.store.result("restore-learning-rates")
+    result = loop.ctx.store.result("restore-learning-rates")
     assert result is not None and result["comparison"]["confirmation_seeds"]
     assert min(result["comparison"]["confirmation_seeds"]) >= 100_000  # fresh seeds, never used in selection
-    assert loop.control.attempts == 1 and loop.control.passes == 1
-    run_branch = f"evolve/{loop.run_id}/best"
+    assert loop.ctx.control.attempts == 1 and loop.ctx.control.passes == 1
+    run_branch = f"evolve/{loop.ctx.run_id}/best"
     merge = _git(repo, "log", "--merges", "-1", "--format=%B", run_branch)
     assert merge.startswith("Restore the CPU learning rates\n")  # the subject is the proposal's title
     assert "Proposal-Id: restore-learning-rates" in merge and "Verdict: merged" in merge
     assert "\nDelta: " in merge and "\nMetric: token_accuracy" in merge and "Confirmation-Seeds: 100" in merge
     assert "Selection (token_accuracy" in merge and "Confirmation on fresh seeds" in merge and "Rule: " in merge
     # the refused reply travels with the record branch, not only the state directory
-    assert "cycle-1.json" in _git(repo, "ls-tree", "--name-only", f"evolve/{loop.run_id}/record:replies/{loop.run_id}")
+    assert "cycle-1.json" in _git(repo, "ls-tree", "--name-only", f"evolve/{loop.ctx.run_id}/record:replies/{loop.ctx.run_id}")
     # the merged tree carries the fix, and the user's main still has the handicap
     assert "lr=lr," in _git(repo, "show", f"{run_branch}:hrm/presets.py")
     assert "lr=0.0," in (repo / "hrm" / "presets.py").read_text()
@@ -192,7 +192,7 @@ def test_unreachable_llm_stops_before_any_compute(repo: Path) -> None:
     settings = _settings(host="http://127.0.0.1:9/v1", model="scripted", cycles=1)
     loop = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
     outcomes = loop.run()
-    assert outcomes == [] and loop.baseline is None
+    assert outcomes == [] and loop.ctx.baseline is None
     assert loop.stop_reason is not None
     assert "cannot reach http://127.0.0.1:9/v1" in loop.stop_reason and "LM Studio" in loop.stop_reason
 
@@ -202,7 +202,7 @@ def test_unreachable_llm_falls_back_when_configured(repo: Path) -> None:
                          max_runtime_seconds=0.001)
     loop = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
     loop._preflight()
-    assert loop.settings.provider == "offline" and loop.provider.name == "offline"
+    assert loop.ctx.settings.provider == "offline" and loop.provider.name == "offline"
 
 
 @pytest.mark.timeout(1200)
@@ -213,25 +213,25 @@ def test_interrupted_candidate_is_finished_on_resume_without_redoing_the_baselin
     first.measure_baseline()
     # Crash point: the proposal is applied, committed and stored, the cascade never ran.
     proposal, _ = first.propose(1)
-    cand = first.record.create_candidate(proposal.id)
+    cand = first.ctx.record.create_candidate(proposal.id)
     from edits.engine import apply_edits
 
-    apply_edits(cand.path, list(proposal.edits), first.policy)
-    first.record.commit_candidate(cand, proposal)
-    first.store.save_proposal(proposal, first.record.diff(cand))
-    assert first.store.result(proposal.id) is None
-    first.record.close()
+    apply_edits(cand.path, list(proposal.edits), first.ctx.policy)
+    first.ctx.record.commit_candidate(cand, proposal)
+    first.ctx.store.save_proposal(proposal, first.ctx.record.diff(cand))
+    assert first.ctx.store.result(proposal.id) is None
+    first.ctx.record.close()
 
     resumed_settings = _settings(provider="offline", seeds=[0, 1], budget_seconds=3.0, cycles=0,
                                  max_runtime_seconds=0.001, metric="exact_accuracy", max_seeds=2)
-    second = EvolutionLoop(repo, resumed_settings, run_id=first.run_id, display=LoopDisplay(live=False))
+    second = EvolutionLoop(repo, resumed_settings, run_id=first.ctx.run_id, display=LoopDisplay(live=False))
     outcomes = second.run()
-    assert second.baseline is not None and second.baseline.cached
+    assert second.ctx.baseline is not None and second.ctx.baseline.cached
     assert [o.proposal_id for o in outcomes] == [proposal.id]
-    result = second.store.result(proposal.id)
+    result = second.ctx.store.result(proposal.id)
     assert result is not None and result["verdict"] in ("inconclusive", "rejected")  # 2 pairs at 3 s: no merge
     assert [s["stage"] for s in result["stages"]][:2] == ["safety", "smoke"]
-    assert second.store.ids() == [proposal.id]  # nothing redone, nothing new started
+    assert second.ctx.store.ids() == [proposal.id]  # nothing redone, nothing new started
 
 
 def test_the_main_command_screens_a_batch_for_real_and_records_the_screen(repo: Path) -> None:

@@ -17,14 +17,14 @@ def test_resume_spends_a_confirmation_that_was_cut_short(user_repo: Path) -> Non
     first = EvolutionLoop(user_repo, settings, display=LoopDisplay(live=False))
     control = RunErrorControl()
     level = control.begin("p-cut")  # what the judge persists before the first confirmation pair
-    (first.run_dir / "error_control.json").write_text(json.dumps(control.to_dict()))
-    first.record.close()
+    (first.ctx.run_dir / "error_control.json").write_text(json.dumps(control.to_dict()))
+    first.ctx.record.close()
 
-    resumed = EvolutionLoop(user_repo, settings, run_id=first.run_id, display=LoopDisplay(live=False))
-    assert resumed.control.attempts == 1 and resumed.control.passes == 0
-    assert resumed.control.open_attempt is None
-    assert resumed.control.history == [{"attempt": 1, "level": level, "passed": False, "proposal_id": "p-cut",
+    resumed = EvolutionLoop(user_repo, settings, run_id=first.ctx.run_id, display=LoopDisplay(live=False))
+    assert resumed.ctx.control.attempts == 1 and resumed.ctx.control.passes == 0
+    assert resumed.ctx.control.open_attempt is None
+    assert resumed.ctx.control.history == [{"attempt": 1, "level": level, "passed": False, "proposal_id": "p-cut",
                                         "note": "interrupted before it ended"}]
-    stored = json.loads((resumed.run_dir / "error_control.json").read_text())
+    stored = json.loads((resumed.ctx.run_dir / "error_control.json").read_text())
     assert stored["attempts"] == 1 and stored["open_attempt"] is None  # settled on disk, not only in memory
-    assert resumed.control.next_level() < level
+    assert resumed.ctx.control.next_level() < level

@@ -46,3 +46,78 @@ def test_bad_llm_settings_are_clear_errors(tmp_path):
         load_settings(tmp_path, overrides={"llm_retries": -1}, environ={})
     with pytest.raises(ValueError, match="max_reply_tokens"):
         load_settings(tmp_path, overrides={"max_reply_tokens": 0}, environ={})
+
+
+def test_every_setting_is_declared_once_and_offered_by_flag_environment_and_env_file(tmp_path):
+    """Each field of Settings is a flag of `evolve.py run` (unless it declares none), an HRM_ variable and a
+    .env key, all derived from the field: a value given each way lands in that field."""
+    import argparse
+    import dataclasses
+
+    from evolver.settings import Settings
+    from evolver.ui.settings_flags import add_setting_flags, flag_of, flag_overrides
+
+    parser = argparse.ArgumentParser()
+    add_setting_flags(parser)
+    samples = {bool: None, int: "7", float: "0.5", str: "local"}
+    flagged = 0
+    for f in dataclasses.fields(Settings):
+        flag = flag_of(f)
+        if flag is None:
+            continue
+        flagged += 1
+        action = next(a for a in parser._actions if flag in a.option_strings)
+        assert action.dest == f.name and action.help
+        if action.choices:
+            argv = [flag, action.choices[0]]
+        elif action.nargs == 0:
+            argv = [flag]
+        else:
+            argv = [flag, "1,2" if str(f.type).startswith("list") else samples[type(f.default)
+                                                                               if f.default is not None
+                                                                               and f.default is not dataclasses.MISSING
+                                                                               else str]]
+            if f.name in ("workers", "cohort", "context_tokens", "max_reply_tokens"):
+                argv = [flag, "3"]
+            elif f.name in ("max_runtime_seconds", "screen_budget_seconds"):
+                argv = [flag, "9.5"]
+        overrides = flag_overrides(parser.parse_args(argv))
+        assert overrides[f.name] is not None, f.name
+        assert sum(v is not None for v in overrides.values()) == 1
+        s = load_settings(tmp_path, overrides=overrides, environ={})
+        assert getattr(s, f.name) == overrides[f.name]
+    assert flagged >= 35
+    # the environment and .env reach every field, flagged or not
+    for f in dataclasses.fields(Settings):
+        default = getattr(Settings(), f.name)
+        if isinstance(default, bool):
+            text, want = ("false", False) if default else ("true", True)
+        elif isinstance(default, list):
+            text, want = ("4,5", [4, 5]) if f.name == "seeds" else ("a,b", ["a", "b"])
+        elif f.metadata.get("choices"):
+            text = want = f.metadata["choices"][-1]
+        elif isinstance(default, float) or f.name in ("max_runtime_seconds", "screen_budget_seconds"):
+            text, want = "0.5", 0.5
+        elif isinstance(default, int) or f.name in ("workers", "cohort", "context_tokens", "max_reply_tokens"):
+            text, want = "3", 3
+        else:
+            text, want = "x-value", "x-value"
+        (tmp_path / ".env").write_text(f"HRM_{f.name.upper()}={text}\n")
+        assert getattr(load_settings(tmp_path, environ={}), f.name) == want, f.name
+        assert getattr(load_settings(tmp_path, environ={f"HRM_{f.name.upper()}": text}), f.name) == want
+
+
+def test_flag_values_pass_the_fields_checks():
+    import argparse
+
+    import pytest
+
+    from evolver.ui.settings_flags import add_setting_flags
+
+    parser = argparse.ArgumentParser()
+    add_setting_flags(parser)
+    for argv in (["--budget-seconds", "0"], ["--workers", "0"], ["--screen-fraction", "1.5"], ["--seeds", "a,b"],
+                 ["--llm-retries", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    assert parser.parse_args(["--serial-pairs"]).side_by_side is False
