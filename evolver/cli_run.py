@@ -121,6 +121,10 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--metric", choices=["exact_accuracy", "token_accuracy"], default=None,
                    help="held-out score the merge rule compares (default token_accuracy)")
     p.add_argument("--literature", choices=["auto", "snapshot", "off"], default=None)
+    p.add_argument("--protocol", choices=["auto", "direct", "look-then-edit"], default=None,
+                   help="how a proposal is asked for: direct (one request), look-then-edit (a first request names "
+                        "the idea and the definitions to read, a second gets their source and writes the edits), "
+                        "auto (look-then-edit when the core definitions do not fit the context; default)")
     p.add_argument("--context-tokens", type=int, default=None,
                    help="the LLM server's context size when it does not report one (e.g. 4096)")
     p.add_argument("--max-reply-tokens", type=int, default=None,
@@ -147,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
             "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids", "image",
             "executor", "ray_address", "workers", "cohort", "screen", "screen_fraction", "screen_budget_seconds",
-            "screen_audit", "early_stop", "early_stop_margin", "early_stop_audit")
+            "screen_audit", "early_stop", "early_stop_margin", "early_stop_audit", "protocol")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     try:
         if executor_kind(settings.executor, settings.ray_address) == "ray":

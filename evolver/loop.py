@@ -33,26 +33,25 @@ from evolver.baseline import Baseline, measure_parent, weak_baseline_warning
 from evolver.candidate import GATE_STAGES, CandidateEvaluator, CycleOutcome
 from evolver.cohort import CycleOrder, start_in_background, wait_any
 from evolver.display import LoopDisplay
+from evolver.history_lines import history_item
 from evolver.judge import Judgement
 from evolver.literature import literature_context
+from evolver.look import RequestContext, ask_for_proposal
 from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
 from evolver.prompt import HistoryItem
 from evolver.providers import ProviderError, get_provider
 from evolver.providers.base import Provider
 from evolver.record import EvolutionRecord, RecordError
-from evolver.repo_summary import build_repo_summary
 from evolver.resources import check_resources
 from evolver.run_context import RunContext, StopRun, utc_now
 from evolver.screening import ScreenBatches, screen_budget
 from evolver.settings import Settings
 from evolver.store import ProposalStore
+from evolver.task_facts import task_facts
 from proposals.schema import Proposal, proposal_json_schema
+from puzzles.tasks import get_task
 
 __all__ = ["GATE_STAGES", "Baseline", "CycleOutcome", "EvolutionLoop", "StopRun"]
-
-
-def _mean(xs: list[float]) -> float | None:
-    return statistics.fmean(xs) if xs else None
 
 
 class EvolutionLoop:
@@ -192,17 +191,8 @@ class EvolutionLoop:
 
     # ------------------------------------------------------------------ proposing
     def _history(self) -> list[HistoryItem]:
-        items = []
-        for pid in self.store.ids():
-            result = self.store.result(pid) or {}
-            proposal = self.store.proposal(pid) or {}
-            verdict = result.get("verdict", "unfinished")
-            if result.get("failed_stage"):
-                verdict = f"{verdict} at {result['failed_stage']}: {str(result.get('reason', ''))[:120]}"
-            score = (result.get("comparison") or {}).get("mean_gain")
-            items.append(HistoryItem(pid, str(proposal.get("title", pid)), verdict,
-                                     None if score is None else float(score)))
-        return items
+        return [history_item(pid, self.store.proposal(pid) or {}, self.store.result(pid) or {})
+                for pid in self.store.ids()]
 
     def _unique_id(self, pid: str) -> str:
         taken = set(self.record.candidate_ids()) | set(self.store.ids())
@@ -233,29 +223,31 @@ class EvolutionLoop:
             history = self._history()
             parent_commit = parent.commit if parent else self.record.best_commit()
         base = parent or self.baseline
-        best = _mean(base.scores) if base else None
+        spec = get_task(s.task)
+        request = RequestContext(worktree, s.task, task_facts(
+            s.task, s.metric, s.budget_seconds, baseline=base, data_dir=self.run_dir / "data",
+            eval_segments=spec.eval_segments, n_train=spec.n_train))
 
-        def summary(budget: int) -> str:
-            return build_repo_summary(worktree, policy=self.policy, budget_tokens=budget, best_score=best)
+        def ask() -> tuple[Any, Any, dict[str, Any]]:
+            return ask_for_proposal(self.provider, request, self.papers, history, proposal_json_schema(),
+                                    metric=s.metric, seed=cycle, protocol=s.protocol,
+                                    progress=self.display.llm_progress)
 
         started = time.monotonic()
         try:
-            prompt = self.provider.fit_prompt(summary, self.papers, history, proposal_json_schema(),
-                                              metric=s.metric, seed=cycle)
-            reply = self.provider.propose(prompt, progress=self.display.llm_progress)
+            reply, prompt, asked = ask()
         except ProviderError as exc:
             if not self._fall_back(exc):
                 raise
-            prompt = self.provider.fit_prompt(summary, self.papers, history, proposal_json_schema(),
-                                              metric=s.metric, seed=cycle)
-            reply = self.provider.propose(prompt, progress=self.display.llm_progress)
+            reply, prompt, asked = ask()
         proposal = reply.proposal
         provenance = proposal.provenance.model_copy(update={"parent_commit": parent_commit})
         with self.ctx.lock:
             proposal = proposal.model_copy(update={"id": self._unique_id(proposal.id), "provenance": provenance})
         info = {**reply.info(), "llm_seconds": time.monotonic() - started,
                 "prompt_tokens": getattr(prompt, "prompt_tokens", None),
-                "prompt_budget": getattr(prompt, "budget_tokens", None), "trimmed": getattr(prompt, "trimmed", None)}
+                "prompt_budget": getattr(prompt, "budget_tokens", None), "trimmed": getattr(prompt, "trimmed", None),
+                **asked}
         if reply.dropped_citations:
             self.display.log(f"citations dropped (not in the run's list): {', '.join(reply.dropped_citations)}")
         return proposal, info

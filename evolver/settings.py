@@ -60,6 +60,7 @@ class Settings:
     auto_apply: bool = False
     allowed_paths: list[str] = field(default_factory=lambda: ["hrm/"])
     literature: str = "auto"  # auto (arXiv, snapshot when unreachable) | snapshot | off
+    protocol: str = "auto"  # auto | direct | look-then-edit: how a proposal is asked for (evolver/look.py)
     state_dir: str = ".hrm-evolve"  # caches (baselines, LLM replies, datasets), relative to the repo
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +131,8 @@ def load_settings(repo: Path | None = None, overrides: dict[str, Any] | None = N
         if key in values:
             setattr(settings, f.name, _coerce(values[key], getattr(settings, f.name), f.name))
             _check(f.name, getattr(settings, f.name))
+    if settings.protocol not in ("auto", "direct", "look-then-edit"):
+        raise ValueError(f"{ENV_PREFIX}PROTOCOL: expected auto, direct or look-then-edit, got {settings.protocol!r}")
     for name, value in (overrides or {}).items():
         if value is None:
             continue
