@@ -31,19 +31,27 @@ from evolver.prompt import (
     SOURCE_HEADING,
     HistoryItem,
     Prompt,
-    PromptBudgetError,
     _history_block,
     count_messages,
     goal_for,
 )
 from evolver.providers.base import Provider, ProviderError, ProviderReply, _Call, extract_json_text
 from evolver.providers.records import Attempt, ProgressCallback
-from evolver.source_pack import FOCUS_MAP_SHARE, MAP_SHARE, SourceIndex, SourcePack, pack_source, source_of
+from evolver.source_pack import (
+    FOCUS_MAP_SHARE,
+    LOOK_MAP_SHARE,
+    MAP_SHARE,
+    SourceIndex,
+    SourcePack,
+    pack_source,
+    source_of,
+)
 from evolver.task_facts import ResolvedConfig, TaskFacts, render_facts_block, resolve_preset
 
 PROTOCOLS = ("auto", "direct", "look-then-edit")
 MAX_SYMBOLS = 8
 LOOK_HISTORY_SHARE = 0.15
+UNBOUNDED_SOURCE_TOKENS = 24000  # source packed when the server's context is not known (e.g. api.openai.com)
 
 LOOK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -154,11 +162,13 @@ class RequestContext:
     def facts_block(self) -> str:
         return render_facts_block(self.facts, self.resolved)
 
-    def renderer(self, count: Any, focus: Sequence[str] = ()) -> Any:
+    def renderer(self, count: Any, focus: Sequence[str] = (), map_share: float | None = None) -> Any:
         """A summary source for `build_prompt`: the packed source at whatever budget it is given."""
+        share = map_share if map_share is not None else (FOCUS_MAP_SHARE if focus else MAP_SHARE)
+
         def render(budget: int) -> str:
             self.last_pack = pack_source(self.root, budget, task=self.task, count=count, focus=focus, index=self.index,
-                                         map_share=FOCUS_MAP_SHARE if focus else MAP_SHARE)
+                                         map_share=share)
             return self.last_pack.text
         return render
 
@@ -191,13 +201,13 @@ def look_prompt(provider: Provider, ctx: RequestContext, history: Sequence[Histo
             keep -= 1
             hist = _history_block(hist_items[len(hist_items) - keep:], omitted=len(hist_items) - keep)
         code_budget = room - count(hist)
-        render = ctx.renderer(count)
+        render = ctx.renderer(count, map_share=LOOK_MAP_SHARE)
         source = render(code_budget)
         while total(user(source, hist)) > budget and code_budget > 16:
             code_budget = int(code_budget * 0.9)
             source = render(code_budget)
     else:
-        source = ctx.renderer(count)(10**9)
+        source = ctx.renderer(count, map_share=LOOK_MAP_SHARE)(UNBOUNDED_SOURCE_TOKENS)
     text = user(source, hist)
     return Prompt(system=LOOK_RULES, user=text, schema=LOOK_SCHEMA, metric=metric, budget_tokens=budget,
                   prompt_tokens=total(text), reply_tokens=provider.reply_tokens())
@@ -222,12 +232,9 @@ def ask_for_proposal(provider: Provider, ctx: RequestContext, literature: Sequen
     facts = ctx.facts_block()
 
     def edit_prompt(focus: Sequence[str] = (), goal: str | None = None) -> Prompt:
-        try:
-            return provider.fit_prompt(ctx.renderer(provider.count_tokens, focus), literature, history, schema,
-                                       metric=metric, seed=seed, facts=facts, code_heading=SOURCE_HEADING,
-                                       goal=goal)
-        except PromptBudgetError as exc:  # pragma: no cover - fit_prompt turns it into a ProviderError
-            raise ProviderError(str(exc), kind="config") from exc
+        return provider.fit_prompt(ctx.renderer(provider.count_tokens, focus), literature, history, schema,
+                                   metric=metric, seed=seed, facts=facts, code_heading=SOURCE_HEADING,
+                                   goal=goal, unbounded_summary_tokens=UNBOUNDED_SOURCE_TOKENS)
 
     prompt = edit_prompt()
     chosen = choose_protocol(protocol, provider, ctx.last_pack)

@@ -244,6 +244,7 @@ def build_prompt(
     count_tokens: TokenCounter | None = None,
     facts: str = "",
     code_heading: str = CODE_HEADING,
+    unbounded_summary_tokens: int = 2000,
 ) -> Prompt:
     """Assemble the request: repo map, literature to cite, what was tried, and the output contract.
 
@@ -252,7 +253,8 @@ def build_prompt(
     token budget (e.g. `lambda b: build_repo_summary(root, budget_tokens=b)`). With `budget_tokens`, the
     prompt (both messages, template overhead included) is shrunk to fit, or PromptBudgetError is raised
     when even its fixed parts do not. `facts` (the task facts and resolved configuration, evolver/task_facts.py)
-    belong to the fixed part: never shortened. `code_heading` names what `summary` holds (a map, or source).
+    belong to the fixed part: never shortened. `code_heading` names what `summary` holds (a map, or source);
+    without a budget, a callable summary is rendered at `unbounded_summary_tokens`.
     """
     count = count_tokens or estimate_tokens
     goal_line = f"Goal: {goal or goal_for(metric)}."
@@ -264,7 +266,7 @@ def build_prompt(
         return count_messages([{"content": SYSTEM_RULES}, {"content": user}], count)
 
     def render_summary(budget: int | None) -> str:
-        return summary if isinstance(summary, str) else summary(budget if budget is not None else 2000)
+        return summary if isinstance(summary, str) else summary(budget if budget is not None else unbounded_summary_tokens)
 
     if budget_tokens is None:
         lit_text, hist_text = _literature_block(papers), _history_block(hist)

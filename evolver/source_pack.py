@@ -34,6 +34,7 @@ TokenCounter = Callable[[str], int]
 WHOLE_CLASS_CHARS = 2400  # a class up to this size is one definition; a larger one is cut into head + methods
 MAP_SHARE = 0.2  # of the code budget, at most, reserved for the map of what is left out
 FOCUS_MAP_SHARE = 0.05  # ... when the request is about named symbols (the edit step of look-then-edit)
+LOOK_MAP_SHARE = 0.5  # ... when the request asks which symbols to read (the look step)
 
 FORWARD_SEEDS = ("HRM.forward", "HRM.initial_carry", "HRMInner.forward", "HRMInner.__init__", "ReasoningModule.forward",
                  "HRMBlock.forward", "HRMBlock.__init__", "Attention.forward", "SwiGLU.forward", "rms_norm",
@@ -288,6 +289,16 @@ def _map(units: Sequence[Unit]) -> list[str]:
     return [f"{u.file}:{u.start} {u.signature}" for u in units]
 
 
+def _compact_map(units: Sequence[Unit]) -> list[str]:
+    """One line per file (files in order of their most relevant unit): the qualified names left out."""
+    by_file: dict[str, list[str]] = {}
+    for u in units:
+        names = by_file.setdefault(u.file, [])
+        if u.qualname not in names:
+            names.append(u.qualname)
+    return [f"{rel}: {', '.join(names)}" for rel, names in by_file.items()]
+
+
 def pack_source(root: Path | str, budget_tokens: int, *, task: str, count: TokenCounter | None = None,
                 focus: Sequence[str] = (), index: SourceIndex | None = None,
                 map_share: float = MAP_SHARE) -> SourcePack:
@@ -317,6 +328,10 @@ def pack_source(root: Path | str, budget_tokens: int, *, task: str, count: Token
         head = "\n\n## Not shown above (signatures; ask for them by name)\n"
         room = budget - count(code + head)
         lines = _map(left)
+        if count("\n".join(lines)) > room:  # not all signatures fit: every name, by file, instead
+            head = "\n\n## Not shown above (names by file; ask for them by name)\n"
+            room = budget - count(code + head)
+            lines = _compact_map(left)
         listed = _fit_lines(lines, room, count)
         return code + head + listed if listed else code
 

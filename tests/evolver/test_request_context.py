@@ -129,17 +129,19 @@ def test_request_carries_facts_config_and_whole_source(tree: Path, context: int)
     else:
         assert not pack.core_complete  # at 4096 only the most relevant definitions fit
         assert units["hrm/model.py:HRM.forward"].text not in user
-        assert "HRM.forward(self, carry, batch)" in user  # ... the rest is in the signature map
+        assert "## Not shown above (names by file; ask for them by name)" in user  # ... the rest is named
+        assert "hrm/model.py: HRM.forward, HRM.initial_carry, HRMInner.forward" in user
 
 
 def test_packer_never_cuts_a_definition_and_ranks_the_preset_first(tree: Path) -> None:
     index = SourceIndex.build(tree)
-    for budget in (300, 900, 5000):
+    for budget in (300, 900, 5000, 40000):
         pack = pack_source(tree, budget, task="sudoku6", index=index)
         assert pack.tokens <= budget
         for unit in index.units:
             key = f"{unit.file}:{unit.qualname}"
             assert (key in pack.included) == (unit.render() in pack.text)
+    assert "## Not shown above (signatures; ask for them by name)\nhrm/" in pack.text  # all signatures fit at 40000
     small = pack_source(tree, 900, task="sudoku6", index=index)
     assert small.included[0] == "hrm/presets.py:_sudoku6"
     focused = pack_source(tree, 900, task="sudoku6", index=index, focus=["SwiGLU.forward"])
