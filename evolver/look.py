@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from evolver.prompt import (
     SOURCE_HEADING,
     HistoryItem,
     Prompt,
+    TokenCounter,
     _history_block,
     count_messages,
     goal_for,
@@ -153,6 +154,7 @@ class RequestContext:
     resolved: ResolvedConfig = field(init=False)
     index: SourceIndex = field(init=False)
     last_pack: SourcePack | None = field(default=None, init=False)
+    _memo: dict[int, dict[str, int]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -162,13 +164,26 @@ class RequestContext:
     def facts_block(self) -> str:
         return render_facts_block(self.facts, self.resolved)
 
-    def renderer(self, count: Any, focus: Sequence[str] = (), map_share: float | None = None) -> Any:
+    def counter(self, count: TokenCounter) -> TokenCounter:
+        """`count` remembered per text: the packer counts each definition once per cycle, not once per try (a
+        server tokenizer is an HTTP request)."""
+        memo = self._memo.setdefault(id(count), {})
+
+        def counted(text: str) -> int:
+            if text not in memo:
+                memo[text] = count(text)
+            return memo[text]
+        return counted
+
+    def renderer(self, count: TokenCounter, focus: Sequence[str] = (), map_share: float | None = None,
+                 ) -> Callable[[int], str]:
         """A summary source for `build_prompt`: the packed source at whatever budget it is given."""
         share = map_share if map_share is not None else (FOCUS_MAP_SHARE if focus else MAP_SHARE)
+        counted = self.counter(count)
 
         def render(budget: int) -> str:
-            self.last_pack = pack_source(self.root, budget, task=self.task, count=count, focus=focus, index=self.index,
-                                         map_share=share)
+            self.last_pack = pack_source(self.root, budget, task=self.task, count=counted, focus=focus,
+                                         index=self.index, map_share=share)
             return self.last_pack.text
         return render
 
@@ -240,8 +255,10 @@ def ask_for_proposal(provider: Provider, ctx: RequestContext, literature: Sequen
     chosen = choose_protocol(protocol, provider, ctx.last_pack)
     record: dict[str, Any] = {"protocol": chosen, "protocol_setting": protocol,
                               "direct_pack": _pack_record(ctx.last_pack)}
+    look_attempts: list[Attempt] = []
     if chosen == "look-then-edit":
         look = request_look(provider, look_prompt(provider, ctx, history, metric), progress)
+        look_attempts = look.transcript
         found, unknown = source_of(ctx.index, look.symbols)
         focus = [f"{u.file}:{u.qualname}" for u in found]
         goal = f"{goal_for(metric)}; carry out this idea, chosen after a first look: {look.idea}"
@@ -250,7 +267,12 @@ def ask_for_proposal(provider: Provider, ctx: RequestContext, literature: Sequen
         record["look"] = {**look.to_dict(), "found": focus, "unknown": unknown,
                           "shown_in_full": [k for k in focus if k in shown]}
         record["edit_pack"] = _pack_record(ctx.last_pack)
-    reply = provider.propose(prompt, progress=progress)
+    try:
+        reply = provider.propose(prompt, progress=progress)
+    except ProviderError as exc:
+        # the refused edit replies are recorded with the look step's requests before them
+        exc.attempts = look_attempts + list(exc.attempts)
+        raise
     return reply, prompt, record
 
 

@@ -49,6 +49,7 @@ from evolver.settings import Settings
 from evolver.store import ProposalStore
 from evolver.task_facts import task_facts
 from proposals.schema import Proposal, proposal_json_schema
+from puzzles.splits import DATA_DIR
 from puzzles.tasks import get_task
 
 __all__ = ["GATE_STAGES", "Baseline", "CycleOutcome", "EvolutionLoop", "StopRun"]
@@ -225,7 +226,7 @@ class EvolutionLoop:
         base = parent or self.baseline
         spec = get_task(s.task)
         request = RequestContext(worktree, s.task, task_facts(
-            s.task, s.metric, s.budget_seconds, baseline=base, data_dir=self.run_dir / "data",
+            s.task, s.metric, s.budget_seconds, baseline=base, data_dir=self.run_dir / DATA_DIR,
             eval_segments=spec.eval_segments, n_train=spec.n_train))
 
         def ask() -> tuple[Any, Any, dict[str, Any]]:

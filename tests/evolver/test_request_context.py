@@ -19,7 +19,7 @@ from evolver.history_lines import history_item
 from evolver.look import LOOK_SCHEMA, MAX_SYMBOLS, RequestContext, ask_for_proposal, parse_look
 from evolver.loop import EvolutionLoop
 from evolver.prompt import HistoryItem
-from evolver.providers import get_provider
+from evolver.providers import ProviderError, get_provider
 from evolver.settings import Settings, load_settings
 from evolver.source_pack import SourceIndex, pack_source
 from evolver.task_facts import resolve_preset, task_facts
@@ -250,3 +250,18 @@ def test_the_loop_asks_with_facts_and_records_the_protocol(tmp_path: Path) -> No
     assert "- task: sudoku4" in edit_user and "210 optimiser steps in the budget at 5.25 steps/s" in edit_user
     assert "mean 0.5100, seed-to-seed sd 0.0141" in edit_user and "training budget: 40 s" in edit_user
     json.dumps(info)
+
+
+def test_a_failed_edit_step_keeps_the_look_requests_in_its_record(tree: Path) -> None:
+    ctx = request_context(tree)
+    look = json.dumps({"idea": "Fewer heads.", "symbols": ["_cpu_model"]})
+    with scripted_server([Step(content=look)] + [Step(content="[]")] * 3) as server:
+        provider = get_provider("lmstudio", model="m", host=f"{server.url}/v1", context_tokens=32768,
+                                max_attempts=3, **FAST)
+        with pytest.raises(ProviderError) as failed:
+            ask_for_proposal(provider, ctx, [], [], proposal_json_schema(), metric="token_accuracy", seed=3,
+                             protocol="look-then-edit")
+        assert len(server.received) == 4
+    attempts = failed.value.attempts
+    assert [a.outcome for a in attempts] == ["accepted", "refused", "refused", "refused"]
+    assert "Fewer heads." in attempts[0].raw_text
