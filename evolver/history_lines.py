@@ -37,14 +37,26 @@ def _short(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
 
 
+def _failed_log(result: dict[str, Any]) -> list[str]:
+    """The non-empty lines of the failed stage's log tail (the sandbox's stdout/stderr), when the result has it."""
+    failed = result.get("failed_stage")
+    for stage in reversed(result.get("stages") or []):
+        if isinstance(stage, dict) and stage.get("stage") == failed and not stage.get("ok", False):
+            return [ln.rstrip() for ln in str(stage.get("log_tail") or "").splitlines() if ln.strip()]
+    return []
+
+
 def error_tail(result: dict[str, Any], lines: int = ERROR_LINES) -> str:
-    """The last lines of a failure's error: the edit errors of an invalid patch, else the stage's reason."""
+    """The last lines of a failure's error: the edit errors of an invalid patch, else the stage's reason and
+    then the last lines of its log (where a traceback ends), at most `lines` in all."""
     parts: list[str] = []
     for e in result.get("edit_errors") or []:
         parts.extend(str(e).splitlines())
-    reason = str(result.get("reason") or "")
-    parts.extend(reason.splitlines())
-    kept = [ln.rstrip() for ln in parts if ln.strip()][-lines:]
+    parts.extend(str(result.get("reason") or "").splitlines())
+    kept = [ln.rstrip() for ln in parts if ln.strip()]
+    log = [ln for ln in _failed_log(result) if ln.strip() not in {k.strip() for k in kept}]
+    log_part = log[-(lines - 1):] if kept else log[-lines:]  # the reason keeps at least its last line
+    kept = (kept[-(lines - len(log_part)):] if lines > len(log_part) else []) + log_part
     return "\n".join(_short(ln, ERROR_LINE_CHARS) for ln in kept)
 
 

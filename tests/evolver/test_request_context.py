@@ -265,3 +265,15 @@ def test_a_failed_edit_step_keeps_the_look_requests_in_its_record(tree: Path) ->
     attempts = failed.value.attempts
     assert [a.outcome for a in attempts] == ["accepted", "refused", "refused", "refused"]
     assert "Fewer heads." in attempts[0].raw_text
+
+
+def test_a_failure_shows_its_reason_and_the_end_of_its_log() -> None:
+    result = {"verdict": "failed", "failed_stage": "smoke", "reason": "no valid smoke.json written (exit code 1)",
+              "stages": [{"stage": "safety", "ok": True, "log_tail": "fine"},
+                         {"stage": "smoke", "ok": False, "log_tail": "Traceback (most recent call last):\n"
+                          "  File \"/candidate/hrm/model.py\", line 90, in forward\n    x = self.mlp(x)\n"
+                          "TypeError: forward() takes 1 positional argument but 2 were given\n"}]}
+    text = history_item("c4-p1", {"title": "MLP mixer", "edits": []}, result).line()
+    assert "  error: no valid smoke.json written (exit code 1)" in text
+    assert text.rstrip().endswith("TypeError: forward() takes 1 positional argument but 2 were given")
+    assert "Traceback" not in text and "fine" not in text
