@@ -32,7 +32,10 @@ from evolver.prompt import (
     HistoryItem,
     Prompt,
     TokenCounter,
+    _fit_history,
+    _fit_literature,
     _history_block,
+    _literature_block,
     count_messages,
     goal_for,
 )
@@ -52,6 +55,7 @@ from evolver.task_facts import ResolvedConfig, TaskFacts, render_facts_block, re
 PROTOCOLS = ("auto", "direct", "look-then-edit")
 MAX_SYMBOLS = 8
 LOOK_HISTORY_SHARE = 0.15
+LOOK_LITERATURE_SHARE = 0.1  # the look step sees the papers in short (titles when tight)
 UNBOUNDED_SOURCE_TOKENS = 24000  # source packed when the server's context is not known (e.g. api.openai.com)
 
 LOOK_SCHEMA: dict[str, Any] = {
@@ -188,42 +192,42 @@ class RequestContext:
         return render
 
 
-def look_prompt(provider: Provider, ctx: RequestContext, history: Sequence[HistoryItem], metric: str) -> Prompt:
-    """The look request within the provider's budget: the facts, the history, the packed source (it holds the map
-    of whatever does not fit, so every symbol can be named) and the question."""
+def look_prompt(provider: Provider, ctx: RequestContext, history: Sequence[HistoryItem], metric: str,
+                literature: Sequence[Any] = ()) -> Prompt:
+    """The look request within the provider's budget: the facts, the packed source (it ends with the names of
+    whatever does not fit, so every symbol can be named), the papers (short), the history and the question."""
     count = provider.count_tokens
     budget = provider.prompt_budget()
     question = (f"Goal: {goal_for(metric)}.\n\n{ctx.facts_block()}")
     ask = ('## Output\nReply with ONE JSON object {"idea": "...", "symbols": ["...", ...]} '
            f"(at most {MAX_SYMBOLS} symbols).")
-    hist_items = list(history)
+    papers = list(literature)
 
-    def user(source: str, hist: str) -> str:
-        return "\n\n".join([question, SOURCE_HEADING + "\n" + source,
-                            "## Already tried (do not repeat failures)\n" + hist, ask])
+    def user(source: str, lit: str, hist: str) -> str:
+        parts = [question, SOURCE_HEADING + "\n" + source]
+        if papers:
+            parts.append("## Papers the idea may build on\n" + lit)
+        return "\n\n".join(parts + ["## Already tried (do not repeat failures)\n" + hist, ask])
 
     def total(text: str) -> int:
         return count_messages([{"content": LOOK_RULES}, {"content": text}], count)
 
-    hist = _history_block(hist_items)
-    if budget is not None:
-        room = budget - total(user("", ""))
+    render = ctx.renderer(count, map_share=LOOK_MAP_SHARE)
+    if budget is None:
+        text = user(render(UNBOUNDED_SOURCE_TOKENS), _literature_block(papers, "short"), _history_block(list(history)))
+    else:
+        room = budget - total(user("", "", ""))
         if room < 64:
             raise ProviderError(f"{provider.name}: the look request's fixed part does not fit the prompt budget "
                                 f"({budget} tokens)", kind="config")
-        keep = len(hist_items)
-        while keep and count(hist) > room * LOOK_HISTORY_SHARE:
-            keep -= 1
-            hist = _history_block(hist_items[len(hist_items) - keep:], omitted=len(hist_items) - keep)
-        code_budget = room - count(hist)
-        render = ctx.renderer(count, map_share=LOOK_MAP_SHARE)
+        lit = _fit_literature(papers, int(room * LOOK_LITERATURE_SHARE), count)[0] if papers else ""
+        hist = _fit_history(list(history), int(room * LOOK_HISTORY_SHARE), count)[0]
+        code_budget = room - count(lit) - count(hist)
         source = render(code_budget)
-        while total(user(source, hist)) > budget and code_budget > 16:
+        while total(user(source, lit, hist)) > budget and code_budget > 16:
             code_budget = int(code_budget * 0.9)
             source = render(code_budget)
-    else:
-        source = ctx.renderer(count, map_share=LOOK_MAP_SHARE)(UNBOUNDED_SOURCE_TOKENS)
-    text = user(source, hist)
+        text = user(source, lit, hist)
     return Prompt(system=LOOK_RULES, user=text, schema=LOOK_SCHEMA, metric=metric, budget_tokens=budget,
                   prompt_tokens=total(text), reply_tokens=provider.reply_tokens())
 
@@ -257,7 +261,7 @@ def ask_for_proposal(provider: Provider, ctx: RequestContext, literature: Sequen
                               "direct_pack": _pack_record(ctx.last_pack)}
     look_attempts: list[Attempt] = []
     if chosen == "look-then-edit":
-        look = request_look(provider, look_prompt(provider, ctx, history, metric), progress)
+        look = request_look(provider, look_prompt(provider, ctx, history, metric, literature), progress)
         look_attempts = look.transcript
         found, unknown = source_of(ctx.index, look.symbols)
         focus = [f"{u.file}:{u.qualname}" for u in found]

@@ -16,6 +16,7 @@ import pytest
 from evolver.baseline import Baseline
 from evolver.display import LoopDisplay
 from evolver.history_lines import history_item
+from evolver.literature import literature_context
 from evolver.look import LOOK_SCHEMA, MAX_SYMBOLS, RequestContext, ask_for_proposal, parse_look
 from evolver.loop import EvolutionLoop
 from evolver.prompt import HistoryItem
@@ -157,7 +158,8 @@ def test_look_then_edit_end_to_end_through_the_provider(tree: Path) -> None:
     script = [Step(content="sure, here you go"), Step(content=look), Step(content=valid_proposal_text("gated"))]
     with scripted_server(script) as server:
         provider = get_provider("lmstudio", model="m", host=f"{server.url}/v1", context_tokens=4096, **FAST)
-        reply, prompt, record = ask_for_proposal(provider, ctx, [], [], proposal_json_schema(),
+        papers = literature_context(4, state_dir=None, offline=True)
+        reply, prompt, record = ask_for_proposal(provider, ctx, papers, [], proposal_json_schema(),
                                                  metric="token_accuracy", seed=2, protocol="auto")
         budget = provider.prompt_budget()
         received = list(server.received)
@@ -168,6 +170,7 @@ def test_look_then_edit_end_to_end_through_the_provider(tree: Path) -> None:
     first = received[0].body
     assert first["response_format"]["json_schema"]["schema"] == LOOK_SCHEMA
     _assert_facts(received[0].messages[1]["content"])
+    assert f"arXiv:{papers[0].arxiv_id}" in received[0].messages[1]["content"]  # the idea can be grounded
     assert received[1].messages[-1]["role"] == "user" and "not valid" in received[1].messages[-1]["content"]
     look_rec = record["look"]
     assert look_rec["idea"].startswith("Gate the attention") and look_rec["attempts"] == 2
