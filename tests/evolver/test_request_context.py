@@ -280,3 +280,19 @@ def test_a_failure_shows_its_reason_and_the_end_of_its_log() -> None:
     assert "  error: no valid smoke.json written (exit code 1)" in text
     assert text.rstrip().endswith("TypeError: forward() takes 1 positional argument but 2 were given")
     assert "Traceback" not in text and "fine" not in text
+
+
+def test_look_then_edit_through_the_ollama_client(tree: Path) -> None:
+    ctx = request_context(tree)
+    look = json.dumps({"idea": "Two more L cycles.", "symbols": ["_cpu_model"]})
+    with scripted_server([Step(content=look), Step(content=valid_proposal_text("more-l"))], flavour="ollama") as server:
+        provider = get_provider("ollama", model="qwen-test", host=server.url, context_tokens=8192, **FAST)
+        reply, _, record = ask_for_proposal(provider, ctx, [], [], proposal_json_schema(), metric="token_accuracy",
+                                            seed=4, protocol="look-then-edit")
+        received = list(server.received)
+    assert reply.proposal.id == "more-l" and [r.path for r in received] == ["/api/chat", "/api/chat"]
+    assert received[0].body["format"]["required"] == ["idea", "symbols"]
+    assert received[0].body["options"]["num_ctx"] == 8192
+    assert record["look"]["found"] == ["hrm/presets.py:_cpu_model"]
+    units = {f"{u.file}:{u.qualname}": u for u in ctx.index.units}
+    assert units["hrm/presets.py:_cpu_model"].text in received[1].messages[1]["content"]
