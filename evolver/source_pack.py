@@ -339,6 +339,8 @@ def pack_source(root: Path | str, budget_tokens: int, *, task: str, count: Token
     while chosen and count(text) > budget:
         chosen.pop()
         text = assemble(chosen)
+    if count(text) > budget:  # not even the note and the first names fit: as many names as do
+        text = _fit_lines(_compact_map(order), budget, count)
     included = [_key(u) for u in chosen]
     keys = set(included)
     return SourcePack(

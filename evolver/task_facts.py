@@ -82,6 +82,7 @@ class ResolvedConfig:
     builder: str = ""
     settings: dict[str, Setting] = field(default_factory=dict)  # "model.hidden_size" -> Setting
     error: str = ""
+    note: str = ""  # a caveat on the values (get_preset doing more than copying the builder's result)
 
     def value(self, name: str) -> Any:
         return self.settings[name].value
@@ -96,6 +97,8 @@ class ResolvedConfig:
             groups.setdefault(s.source, []).append(s.describe(name))
         lines = [f"Resolved configuration of preset {self.task!r} (get_preset({self.task!r}) -> {self.builder}()): "
                  "every field's effective value, grouped by where it is set:"]
+        if self.note:
+            lines.append(f"- caution: {self.note}")
         lines += [f"- {source}: {', '.join(items)}" for source, items in groups.items()]
         lines.append("- set by the harness over the preset: "
                      + "; ".join(f"{k}={v}" for k, v in HARNESS_OVERRIDES.items()))
@@ -377,7 +380,7 @@ def resolve_preset(root: Path | str, task: str) -> ResolvedConfig:
         return ResolvedConfig(task, builder=builder, error=f"{builder} is not statically readable: {exc}")
     if not isinstance(run, _Obj) or run.cls != "RunConfig":
         return ResolvedConfig(task, builder=builder, error=f"{builder} does not return a RunConfig(...) the reader follows")
-    out = ResolvedConfig(task, builder=builder)
+    out = ResolvedConfig(task, builder=builder, note=_get_preset_note(reader))
     for name, setting in run.fields.items():
         if isinstance(setting.value, _Obj):
             for sub, s in setting.value.fields.items():
@@ -385,6 +388,30 @@ def resolve_preset(root: Path | str, task: str) -> ResolvedConfig:
         else:
             out.settings[name] = setting
     return out
+
+
+PLAIN_GET_PRESET_CALLS = {"copy.deepcopy", "deepcopy", "builder", "KeyError", "join", "', '.join", "list",
+                          "sorted", "tuple"}
+
+
+def _get_preset_note(reader: _Reader) -> str:
+    """A warning when `get_preset` does more than copy what the builder returns (values may then differ)."""
+    fn = reader.presets.functions.get("get_preset")
+    if fn is None:
+        return f"hrm/presets.py has no get_preset function; the values are what {PRESETS_FILE}'s builder returns"
+    extra = set()
+    for node in ast.walk(fn):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            extra |= {ast.unparse(t) for t in targets if not isinstance(t, ast.Name)}
+        elif isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            if name not in PLAIN_GET_PRESET_CALLS and not name.endswith(".join"):
+                extra.add(name + "()")
+    if not extra:
+        return ""
+    return ("get_preset does more than copy the builder's result (" + ", ".join(sorted(extra))
+            + "): the values below are the builder's, before that")
 
 
 # ------------------------------------------------------------------------------------------ task facts

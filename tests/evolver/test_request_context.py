@@ -74,6 +74,17 @@ def test_resolved_config_is_read_statically_with_where_each_value_is_set(tree: P
     assert ("hrm.presets" in sys.modules) == imported_before  # never imported by the reader
 
 
+def test_a_get_preset_that_changes_the_result_is_flagged(tree: Path) -> None:
+    assert resolve_preset(tree, "sudoku4").note == ""
+    presets = tree / "hrm" / "presets.py"
+    text = presets.read_text()
+    assert "    return copy.deepcopy(builder())\n" in text
+    presets.write_text(text.replace("    return copy.deepcopy(builder())\n",
+                                    "    run = copy.deepcopy(builder())\n    run.train.lr = 1e-3\n    return run\n"))
+    resolved = resolve_preset(tree, "sudoku4")
+    assert "run.train.lr" in resolved.note and "caution: get_preset does more" in resolved.render()
+
+
 def test_a_builder_the_reader_does_not_follow_is_reported_not_guessed(tree: Path) -> None:
     presets = tree / "hrm" / "presets.py"
     presets.write_text(presets.read_text().replace(
@@ -136,7 +147,7 @@ def test_request_carries_facts_config_and_whole_source(tree: Path, context: int)
 
 def test_packer_never_cuts_a_definition_and_ranks_the_preset_first(tree: Path) -> None:
     index = SourceIndex.build(tree)
-    for budget in (300, 900, 5000, 40000):
+    for budget in (0, 12, 60, 300, 900, 5000, 40000):
         pack = pack_source(tree, budget, task="sudoku6", index=index)
         assert pack.tokens <= budget
         for unit in index.units:
