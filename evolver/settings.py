@@ -118,6 +118,11 @@ class Settings:
     allowed_paths: list[str] = setting(help="the paths a proposal may edit", factory=lambda: ["hrm/"], flag=None)
     literature: str = setting("auto", "recent papers for the request: auto (arXiv, the snapshot when "
                                       "unreachable), snapshot, or off", choices=("auto", "snapshot", "off"))
+    protocol: str = setting("auto", "how a proposal is asked for: direct (one request), look-then-edit (a first "
+                                    "request names the idea and the definitions to read, a second gets their "
+                                    "source and writes the edits), auto (look-then-edit when the core "
+                                    "definitions do not fit the context)",
+                            choices=("auto", "direct", "look-then-edit"))
     state_dir: str = setting(".hrm-evolve", "caches (baselines, LLM replies, datasets), relative to the repo",
                              flag=None)
 

@@ -83,12 +83,34 @@ class HistoryItem:
     proposal_id: str
     title: str
     verdict: str  # e.g. "merged", "rejected: smoke failed", "worse than parent"
-    score: float | None = None
+    score: float | None = None  # the mean paired gain over the parent (candidate minus parent), when judged
     catalogue_id: str | None = None
+    idea: str = ""  # the rationale, shortened
+    files: tuple[str, ...] = ()  # the files its edits touched
+    symbols: tuple[str, ...] = ()  # the symbols its edits targeted
+    gain_interval: tuple[float, float] | None = None  # 95% t interval of the mean gain
+    pairs: int = 0  # seed pairs behind the gain
+    error_tail: str = ""  # for a failure: the last lines of the error
 
     def line(self) -> str:
-        score = "" if self.score is None else f" score={self.score:.4f}"
-        return f"- [{self.proposal_id}] {self.title}: {self.verdict}{score}"
+        gain = ""
+        if self.score is not None:
+            gain = f" mean gain {self.score:+.4f}"
+            if self.gain_interval is not None:
+                lo, hi = self.gain_interval
+                gain += f" (95% interval {lo:+.4f} to {hi:+.4f}"
+                gain += f", {self.pairs} seed pairs)" if self.pairs else ")"
+            elif self.pairs:
+                gain += f" ({self.pairs} seed pair{'s' if self.pairs != 1 else ''})"
+        lines = [f"- [{self.proposal_id}] {self.title}: {self.verdict}{gain}"]
+        if self.idea:
+            lines.append(f"  idea: {self.idea}")
+        if self.files or self.symbols:
+            where = ", ".join(self.files)
+            lines.append(f"  edited: {where}" + (f" ({', '.join(self.symbols)})" if self.symbols else ""))
+        if self.error_tail:
+            lines.append("  error: " + "\n         ".join(self.error_tail.splitlines()))
+        return "\n".join(lines)
 
 
 @dataclass
@@ -174,11 +196,16 @@ def _cut_lines(text: str, fits: Callable[[str], bool]) -> str:
     return "\n".join(lines[:keep] + [marker])
 
 
-def _assemble(goal_line: str, summary: str, papers: str, history: str, output: str) -> str:
+CODE_HEADING = "## Editable code (map)"
+SOURCE_HEADING = "## Source of hrm/ (whole definitions, most relevant first)"
+
+
+def _assemble(goal_line: str, summary: str, papers: str, history: str, output: str, facts: str = "",
+              heading: str = CODE_HEADING) -> str:
     return "\n\n".join(
-        [
-            goal_line,
-            "## Editable code (map)\n" + summary.strip(),
+        ([goal_line] if not facts else [goal_line, facts.strip()])
+        + [
+            heading + "\n" + summary.strip(),
             "## Papers you may cite (use these arXiv ids in `citations`)\n" + papers,
             "## Already tried (do not repeat failures)\n" + history,
             output,
@@ -215,6 +242,9 @@ def build_prompt(
     budget_tokens: int | None = None,
     reply_tokens: int | None = None,
     count_tokens: TokenCounter | None = None,
+    facts: str = "",
+    code_heading: str = CODE_HEADING,
+    unbounded_summary_tokens: int = 2000,
 ) -> Prompt:
     """Assemble the request: repo map, literature to cite, what was tried, and the output contract.
 
@@ -222,7 +252,9 @@ def build_prompt(
     the budget leaves room to print it. `summary` is the repo map, or a callable that renders it within a
     token budget (e.g. `lambda b: build_repo_summary(root, budget_tokens=b)`). With `budget_tokens`, the
     prompt (both messages, template overhead included) is shrunk to fit, or PromptBudgetError is raised
-    when even its fixed parts do not.
+    when even its fixed parts do not. `facts` (the task facts and resolved configuration, evolver/propose/task_facts.py)
+    belong to the fixed part: never shortened. `code_heading` names what `summary` holds (a map, or source);
+    without a budget, a callable summary is rendered at `unbounded_summary_tokens`.
     """
     count = count_tokens or estimate_tokens
     goal_line = f"Goal: {goal or goal_for(metric)}."
@@ -234,14 +266,14 @@ def build_prompt(
         return count_messages([{"content": SYSTEM_RULES}, {"content": user}], count)
 
     def render_summary(budget: int | None) -> str:
-        return summary if isinstance(summary, str) else summary(budget if budget is not None else 2000)
+        return summary if isinstance(summary, str) else summary(budget if budget is not None else unbounded_summary_tokens)
 
     if budget_tokens is None:
         lit_text, hist_text = _literature_block(papers), _history_block(hist)
         shown = [p.arxiv_id for p in papers]
-        user = _assemble(goal_line, render_summary(None), lit_text, hist_text, output)
+        user = _assemble(goal_line, render_summary(None), lit_text, hist_text, output, facts, code_heading)
     else:
-        fixed = total(_assemble(goal_line, "", "", "", output))
+        fixed = total(_assemble(goal_line, "", "", "", output, facts, code_heading))
         room = budget_tokens - fixed
         if room < 64:
             raise PromptBudgetError(
@@ -254,7 +286,7 @@ def build_prompt(
         trimmed += [n for n in (lit_note, hist_note) if n]
         left = room - count(lit_text) - count(hist_text)
         user = _fit_summary(render_summary, not isinstance(summary, str), left, count, trimmed,
-                            lambda s: _assemble(goal_line, s, lit_text, hist_text, output),
+                            lambda s: _assemble(goal_line, s, lit_text, hist_text, output, facts, code_heading),
                             lambda u: total(u) <= budget_tokens)
     tried: list[str] = []
     for item in history:

@@ -29,11 +29,13 @@ from rich.markup import escape
 from evolver.judge import fidelity
 from evolver.judge.pairs import Judgement
 from evolver.judge.screening import ScreenBatches, screen_budget
+from evolver.propose.history_lines import history_item
 from evolver.propose.literature import literature_context
+from evolver.propose.look import RequestContext, ask_for_proposal
 from evolver.propose.prompt import HistoryItem
 from evolver.propose.providers import ProviderError, get_provider
 from evolver.propose.providers.base import Provider
-from evolver.propose.repo_summary import build_repo_summary
+from evolver.propose.task_facts import task_facts
 from evolver.record.git_record import RecordError
 from evolver.run.baseline import measure_parent, weak_baseline_warning
 from evolver.run.candidate import CandidateEvaluator
@@ -44,10 +46,8 @@ from evolver.run.resources import check_resources
 from evolver.run.state import Baseline, CycleOutcome, StopRun, utc_now
 from evolver.settings import Settings
 from proposals.schema import Proposal, proposal_json_schema
-
-
-def _mean(xs: list[float]) -> float | None:
-    return statistics.fmean(xs) if xs else None
+from puzzles.splits import DATA_DIR
+from puzzles.tasks import get_task
 
 
 class EvolutionLoop:
@@ -92,17 +92,8 @@ class EvolutionLoop:
 
     # ------------------------------------------------------------------ proposing
     def _history(self) -> list[HistoryItem]:
-        items = []
-        for pid in self.ctx.store.ids():
-            result = self.ctx.store.result(pid) or {}
-            proposal = self.ctx.store.proposal(pid) or {}
-            verdict = result.get("verdict", "unfinished")
-            if result.get("failed_stage"):
-                verdict = f"{verdict} at {result['failed_stage']}: {str(result.get('reason', ''))[:120]}"
-            score = (result.get("comparison") or {}).get("mean_gain")
-            items.append(HistoryItem(pid, str(proposal.get("title", pid)), verdict,
-                                     None if score is None else float(score)))
-        return items
+        return [history_item(pid, self.ctx.store.proposal(pid) or {}, self.ctx.store.result(pid) or {})
+                for pid in self.ctx.store.ids()]
 
     def _unique_id(self, pid: str) -> str:
         taken = set(self.ctx.record.candidate_ids()) | set(self.ctx.store.ids())
@@ -133,29 +124,31 @@ class EvolutionLoop:
             history = self._history()
             parent_commit = parent.commit if parent else self.ctx.record.best_commit()
         base = parent or self.ctx.baseline
-        best = _mean(base.scores) if base else None
+        spec = get_task(s.task)
+        request = RequestContext(worktree, s.task, task_facts(
+            s.task, s.metric, s.budget_seconds, baseline=base, data_dir=self.ctx.run_dir / DATA_DIR,
+            eval_segments=spec.eval_segments, n_train=spec.n_train))
 
-        def summary(budget: int) -> str:
-            return build_repo_summary(worktree, policy=self.ctx.policy, budget_tokens=budget, best_score=best)
+        def ask() -> tuple[Any, Any, dict[str, Any]]:
+            return ask_for_proposal(self.provider, request, self.papers, history, proposal_json_schema(),
+                                    metric=s.metric, seed=cycle, protocol=s.protocol,
+                                    progress=self.ctx.display.llm_progress)
 
         started = time.monotonic()
         try:
-            prompt = self.provider.fit_prompt(summary, self.papers, history, proposal_json_schema(),
-                                              metric=s.metric, seed=cycle)
-            reply = self.provider.propose(prompt, progress=self.ctx.display.llm_progress)
+            reply, prompt, asked = ask()
         except ProviderError as exc:
             if not self._fall_back(exc):
                 raise
-            prompt = self.provider.fit_prompt(summary, self.papers, history, proposal_json_schema(),
-                                              metric=s.metric, seed=cycle)
-            reply = self.provider.propose(prompt, progress=self.ctx.display.llm_progress)
+            reply, prompt, asked = ask()
         proposal = reply.proposal
         provenance = proposal.provenance.model_copy(update={"parent_commit": parent_commit})
         with self.ctx.lock:
             proposal = proposal.model_copy(update={"id": self._unique_id(proposal.id), "provenance": provenance})
         info = {**reply.info(), "llm_seconds": time.monotonic() - started,
                 "prompt_tokens": getattr(prompt, "prompt_tokens", None),
-                "prompt_budget": getattr(prompt, "budget_tokens", None), "trimmed": getattr(prompt, "trimmed", None)}
+                "prompt_budget": getattr(prompt, "budget_tokens", None), "trimmed": getattr(prompt, "trimmed", None),
+                **asked}
         if reply.dropped_citations:
             self.ctx.display.log(f"citations dropped (not in the run's list): {', '.join(reply.dropped_citations)}")
         return proposal, info

@@ -27,7 +27,7 @@ def test_prompt_carries_map_papers_history_and_ops() -> None:
     assert "def rms_norm(x)" in user["content"]
     for paper in papers:
         assert f"arXiv:{paper.arxiv_id}" in user["content"]
-    assert "[c1-p1] More L cycles: rejected: worse than parent score=0.4100" in user["content"]
+    assert "[c1-p1] More L cycles: rejected: worse than parent mean gain +0.4100" in user["content"]
     assert prompt.allowed_citations == [p.arxiv_id for p in papers]
     assert prompt.tried == ["More L cycles", "more-l-cycles"] and prompt.seed == 5
 

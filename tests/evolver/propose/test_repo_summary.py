@@ -113,7 +113,7 @@ def test_history_header_lists_verdicts_and_is_capped(tmp_path: Path) -> None:
     tried = [HistoryItem(f"p{i}", f"idea number {i}", "rejected: smoke failed", 0.5) for i in range(200)]
     text = build_repo_summary(root, budget_tokens=1500, tried=tried, best_score=0.5)
     assert estimate_tokens(text) <= 1500
-    assert "[p199] idea number 199: rejected: smoke failed score=0.5000" in text
+    assert "[p199] idea number 199: rejected: smoke failed mean gain +0.5000" in text
     assert "[p0] " not in text and "oldest" in text
     assert "hrm/model.py" in text
 
