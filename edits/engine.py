@@ -475,7 +475,7 @@ def _op_add_import(text: str, module: cst.Module, edit: AddImport) -> _Outcome:
             is_future = any(
                 isinstance(s, cst.ImportFrom)
                 and get_full_name_for_node(s.module or cst.Name("x")) == "__future__"
-                for s in stmt.body  # type: ignore[attr-defined]
+                for s in stmt.body  # type: ignore[union-attr]
             )
             if future and not is_future:
                 break

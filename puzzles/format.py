@@ -55,7 +55,7 @@ class DatasetMetadata:
         """Build from a parsed dataset.json. Keys other builders add and we do not know are dropped."""
         names = {f.name for f in dataclasses.fields(cls)}
         required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+                    and f.default_factory is dataclasses.MISSING]
         missing = [k for k in required if k not in data]
         if missing:
             raise ValueError(f"dataset.json is missing field(s) {missing}")

@@ -110,12 +110,14 @@ def make_instance(
         wall = carve(size, rng, loop_fraction)
         open_cells = np.argwhere(~wall)
         for _ in range(4):
-            s = tuple(int(v) for v in open_cells[int(rng.integers(len(open_cells)))])
+            sr, sc = (int(v) for v in open_cells[int(rng.integers(len(open_cells)))])
+            s = (sr, sc)
             dist, count = bfs(wall, s)
             eligible = np.argwhere((dist >= min_path_len) & (count == 1))
             if len(eligible) == 0:
                 continue
-            g = tuple(int(v) for v in eligible[int(rng.integers(len(eligible)))])
+            gr, gc = (int(v) for v in eligible[int(rng.integers(len(eligible)))])
+            g = (gr, gc)
             grid = np.where(wall, WALL, OPEN).astype(np.int64)
             grid[s] = START
             grid[g] = GOAL
@@ -163,7 +165,9 @@ def generate(
     """``count`` mazes distinct up to symmetry and not in ``exclude`` (which is updated)."""
     min_len = default_min_path_len(size) if min_path_len is None else int(min_path_len)
     seen = exclude if exclude is not None else set()
-    inputs, labels, lengths = [], [], []
+    inputs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    lengths: list[int] = []
     failures = 0
     while len(inputs) < count:
         grid, label, length = make_instance(size, rng, min_path_len=min_len, loop_fraction=loop_fraction)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -355,7 +356,9 @@ def generate(
         if not 0 <= lo <= hi:
             raise ValueError(f"min_clues range must satisfy 0 <= lo <= hi, got {min_clues}")
     seen = exclude if exclude is not None else set()
-    puzzles, solutions, ratings = [], [], []
+    puzzles: list[np.ndarray] = []
+    solutions: list[np.ndarray] = []
+    ratings: list[Any] = []
     failures = 0
     pool: list[np.ndarray] = []
     while len(puzzles) < count:

@@ -45,7 +45,7 @@ def sudoku_symmetry_batch(
     # new[r, c] = old[row_perm[r], col_perm[c]]
     source = row_perm[:, :, None] * n + col_perm[:, None, :]
     if br == bc:
-        transpose = rng.random(batch) < 0.5
+        transpose = np.asarray(rng.random(batch) < 0.5)
         source_t = col_perm[:, None, :] * n + row_perm[:, :, None]  # new[r, c] = old[col_perm[c], row_perm[r]]
         source = np.where(transpose[:, None, None], source_t, source)
     source = source.reshape(batch, n * n)

@@ -133,13 +133,13 @@ def interpreter_binds(python: str, engine: Path | None) -> list[tuple[str, str]]
             wanted.append(extra)
     binds: list[tuple[str, str]] = []
     for path in dict.fromkeys(os.path.abspath(p) for p in wanted if p):
-        real = os.path.realpath(path)
-        if not os.path.isdir(real):
+        resolved = os.path.realpath(path)
+        if not os.path.isdir(resolved):
             continue
-        if engine is not None and engine in (Path(real), Path(path)):
+        if engine is not None and engine in (Path(resolved), Path(path)):
             raise SetupError(f"the Python installation at {path} is the engine checkout itself; binding it would "
                              "show the checkout (state dirs, .env) to the candidate. Put the venv in a subdirectory")
-        binds += [(real, target) for target in dict.fromkeys((real, path))]
+        binds += [(resolved, target) for target in dict.fromkeys((resolved, path))]
     literal = os.path.abspath(python)
     if not any(Path(literal).is_relative_to(t) for _, t in binds):
         binds.append((os.path.realpath(python), literal))  # an interpreter outside its prefix: just the file
@@ -460,7 +460,7 @@ class LocalBackend:
         if tasks is not None:
             nproc = tasks + spec.pids
             limits.append(_within_hard(resource, resource.RLIMIT_NPROC, nproc, nproc))
-        optional = []
+        optional: list[tuple[int, int, int]] = []
         if not spec.gpus:
             address_space = _within_hard(resource, resource.RLIMIT_AS, memory, memory)
             (optional if sys.platform == "darwin" else limits).append(address_space)

@@ -64,7 +64,7 @@ def load_into(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
         raise StageFailure(f"checkpoint does not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}")
 
 
-def _rollout(model: torch.nn.Module, batch: dict[str, torch.Tensor], segments: int
+def _rollout(model: Any, batch: dict[str, torch.Tensor], segments: int
              ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Argmax per segment [B, L], halted-after-segment flags [B] per segment, and the last q_halt logits."""
     carry = model.initial_carry(batch)

@@ -138,6 +138,7 @@ def run_trainability(data_dir: Path, task: str, seed: int, steps: int = STEPS) -
             opt.zero_grad(set_to_none=True)
         labels = carry.current_data.get("labels") if isinstance(carry.current_data, dict) else None
         require(labels is not None, "carry.current_data has no 'labels' (the harness scores from it)", metrics)
+        assert labels is not None  # require() raised otherwise
         losses.append(harness_lm_loss(outputs["logits"], labels, str(cfg.loss_type)))
         if not np.isfinite(losses[-1]):
             raise StageFailure(f"logits give a non-finite cross-entropy at step {step}", metrics)
@@ -160,7 +161,7 @@ def run_trainability(data_dir: Path, task: str, seed: int, steps: int = STEPS) -
             "peak_memory_mb": peak_memory_mb(device),
         }
     )
-    if table_before is not None:
+    if table_before is not None and puzzle_emb is not None:
         changed = (puzzle_emb.weights.detach() != table_before).any(dim=-1)
         metrics["puzzle_emb_rows_changed"] = int(changed.sum())
         require(bool(changed.any()), "the puzzle embedding table did not change in training", metrics)

@@ -352,8 +352,8 @@ def run_cascade(
     }
 
     plan: list[tuple[str, int | None]] = [(s, None) for s in ALL_STAGES if s in stages and s not in PER_SEED_STAGES]
-    for seed in seeds:
-        plan += [(stage, int(seed)) for stage in PER_SEED_STAGES if stage in stages]
+    for one_seed in seeds:
+        plan += [(stage, int(one_seed)) for stage in PER_SEED_STAGES if stage in stages]
 
     checkpoints: dict[int, Path] = {}
     evidence: dict[int, dict[str, Any]] = {}

@@ -68,10 +68,13 @@ def _smoke(metrics: dict[str, Any]) -> Gate:
 
 
 def _trainability(metrics: dict[str, Any]) -> Gate:
-    early, late = metrics.get("loss_step_early"), metrics.get("loss_step_final")
-    if not (_finite(early) and _finite(late)) or float(early) <= 0:
-        return Gate(False, f"trainability: the report lacks finite early/final losses ({early!r}, {late!r})")
-    ratio = float(late) / float(early)
+    early_raw, late_raw = metrics.get("loss_step_early"), metrics.get("loss_step_final")
+    finite = _finite(early_raw) and _finite(late_raw)
+    early, late = (float(early_raw or 0.0), float(late_raw or 0.0)) if finite else (0.0, 0.0)
+    if not finite or early <= 0:
+        return Gate(False, f"trainability: the report lacks finite early/final losses ({early_raw!r}, "
+                           f"{late_raw!r})")
+    ratio = late / early
     if ratio > TRAINABILITY_LOSS_RATIO:
         return Gate(False, f"trainability: loss ratio {ratio:.3f} (final {float(late):.4f} / early "
                            f"{float(early):.4f}) is above {TRAINABILITY_LOSS_RATIO}, recomputed by the host")

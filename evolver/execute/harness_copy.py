@@ -13,6 +13,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 HARNESS_PACKAGES: tuple[str, ...] = ("smoketests", "puzzles")
 
@@ -68,7 +69,7 @@ def pristine_harness(state_dir: Path) -> Path:
     return dest
 
 
-def _force(func, path, _exc):  # type: ignore[no-untyped-def]
+def _force(func: Any, path: str, _exc: Any) -> None:
     os.chmod(os.path.dirname(path), 0o755)
     os.chmod(path, 0o644)
     func(path)

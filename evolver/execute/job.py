@@ -141,7 +141,9 @@ class Executor(Protocol):
     (local slots honour it); None where the executor cannot stop a running job (Ray)."""
 
     name: str
-    stop_events: dict[str, threading.Event] | None
+
+    @property
+    def stop_events(self) -> dict[str, threading.Event] | None: ...
 
     def submit(self, job: StageJob, progress: Progress | None = None) -> Future[StageOutcome]: ...
 

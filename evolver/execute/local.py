@@ -101,15 +101,16 @@ class LocalExecutor:
         if len(jobs) > self.workers:
             raise ValueError(f"a group of {len(jobs)} jobs cannot start together on {self.workers} worker slot(s)")
         progress = list(progress or [None] * len(jobs))
-        group = [(job, prog, Future()) for job, prog in zip(jobs, progress, strict=True)]
+        group: list[tuple[StageJob, Progress | None, Future[StageOutcome]]] = [
+            (job, prog, Future()) for job, prog in zip(jobs, progress, strict=True)]
         with self._lock:
             if self._cancel.is_set():  # closed: nothing starts any more
                 for _job, _prog, future in group:
                     future.cancel()
             else:
-                self._pending.append(group)  # type: ignore[arg-type]
+                self._pending.append(group)
                 self._dispatch()
-        return [future for _job, _prog, future in group]  # type: ignore[misc]
+        return [future for _job, _prog, future in group]
 
     def queued(self) -> int:
         """Jobs submitted and not started yet."""
@@ -122,7 +123,7 @@ class LocalExecutor:
                 self._free.sort()
                 slot = self.slots[self._free.pop(0)]
                 # the job's train-stage stop: the early stop's event when it has one; set by close()
-                self._running[slot.index] = self.stop_events.pop(job.out_dir, None) or threading.Event()
+                self._running[slot.index] = self.stop_events.pop(job.out_dir, threading.Event())
                 threading.Thread(target=self._work, args=(slot, job, progress, future), daemon=True,
                                  name=f"hrm-evolve-slot{slot.index}").start()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 import shutil
@@ -251,7 +252,7 @@ class RayExecutor:
         if self._owns_connection:
             target = address or os.environ.get("RAY_ADDRESS") or "auto"
             check_ray_address(target)
-            ray.init(address=target, log_to_driver=False, logging_level="warning")
+            ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING)
         self.address = address
         self.max_retries = max_retries
         self.options = dict(options or {})
@@ -448,21 +449,22 @@ class RayExecutor:
                         self._remove_group(group)
                     except Exception:  # noqa: BLE001 - the cluster may be gone; nothing is left to release then
                         pass
-            for future, answer in zip(futures, answers, strict=True):
+            for future, reply in zip(futures, answers, strict=True):
                 if future.done():
                     continue
-                if isinstance(answer, StageOutcome):
-                    future.set_result(answer)
-                elif answer is not None:
-                    future.set_exception(answer)
+                if isinstance(reply, StageOutcome):
+                    future.set_result(reply)
+                elif reply is not None:
+                    future.set_exception(reply)
 
     def _settle(self, future: Future[StageOutcome], loan: tuple[Any, int, list[dict[str, float]]] | None,
-                job: StageJob, *args: Any) -> None:
+                job: StageJob, ref: Any, progress: Progress | None, submitted: float,
+                extra: dict[str, Any]) -> None:
         """A single task's answer; a borrowed bundle goes back to the pool before the future resolves (so the
         candidate's next pair finds its group idle)."""
         group, index, bundles = loan if loan is not None else (None, 0, None)
         try:
-            outcome = self._collect(job, *args, group=group, bundles=bundles)
+            outcome = self._collect(job, ref, progress, submitted, extra, group=group, bundles=bundles)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
             if group is not None:
                 self._groups.return_bundle(group, index, keep=False)

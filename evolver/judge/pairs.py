@@ -100,7 +100,7 @@ class Judgement:
         return [p.gain for p in self.pairs if p.phase == phase and not p.void and p.gain is not None]
 
     def to_dict(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "verdict": self.verdict, "reason": self.reason, "rule": self.rule,
             "failed_stage": self.failed_stage, "failed_seed": self.failed_seed,
             "confirmation_level": self.confirmation_level,

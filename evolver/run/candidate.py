@@ -22,12 +22,12 @@ from typing import Any, Protocol
 from edits.engine import EditError, apply_edits
 from edits.paths import PathRejected
 from evolver.execute.cascade import eval_time_cap
-from evolver.execute.job import StageJob, StageOutcome
+from evolver.execute.job import Executor, StageJob, StageOutcome
 from evolver.judge.early_stop import EarlyStopRule
 from evolver.judge.pairs import EXECUTOR_STAGE, CandidateJudge, Judgement, SeedPair
 from evolver.judge.promotion import ConfirmationRule, SelectionRule
 from evolver.judge.screening import ScreenBatches, screen_budget
-from evolver.record.git_record import MergeConflict
+from evolver.record.git_record import Candidate, MergeConflict
 from evolver.record.merge_message import merge_message, merge_trailers
 from evolver.run.context import RunContext
 from evolver.run.sides import ExecutorSides
@@ -103,7 +103,7 @@ class CandidateEvaluator:
                       edits=[getattr(a, "__dict__", str(a)) for a in applied])
         return cand, result, timings
 
-    def run_committed(self, cand: Any, proposal: Proposal, result: dict[str, Any],
+    def run_committed(self, cand: Candidate, proposal: Proposal, result: dict[str, Any],
                       timings: dict[str, float], *, baseline: Baseline | None = None,
                       turn: Turn | None = None, screen: tuple[ScreenBatches, int] | None = None) -> CycleOutcome:
         """The gates (safety, smoke, trainability) on the candidate alone, then the judgement: seed pairs
@@ -151,7 +151,7 @@ class CandidateEvaluator:
             with ctx.lock:
                 ctx.record.remove_candidate(current[0])
 
-    def _screen(self, cand: Any, out: Path, timings: dict[str, float], baseline: Baseline,
+    def _screen(self, cand: Candidate, out: Path, timings: dict[str, float], baseline: Baseline,
                 screen: tuple[ScreenBatches, int], result: dict[str, Any]) -> CycleOutcome | None:
         """Train the candidate's screen pair, wait for its batch and take the batch's decision: None when the
         candidate goes on to its judgement (kept, or audited), else its outcome (screened out, or failed)."""
@@ -239,7 +239,7 @@ class CandidateEvaluator:
 
         return before_confirmation
 
-    def _settle(self, cand: Any, proposal: Proposal, result: dict[str, Any], timings: dict[str, float],
+    def _settle(self, cand: Candidate, proposal: Proposal, result: dict[str, Any], timings: dict[str, float],
                 judgement: Judgement, baseline: Baseline) -> CycleOutcome:
         """Record a judged candidate's verdict: merged (with --auto-apply), pending review, or not passed."""
         ctx = self.ctx
@@ -280,14 +280,14 @@ class CandidateEvaluator:
         return self.finish(result, judgement.verdict, None, judgement.reason, timings, comp)
 
     @property
-    def executor(self) -> Any:
+    def executor(self) -> Executor:
         return self.ctx.executor
 
     @executor.setter
-    def executor(self, executor: Any) -> None:
+    def executor(self, executor: Executor) -> None:
         self.ctx.executor = executor
 
-    def judge(self, cand: Any, out: Path, timings: dict[str, float], *, baseline: Baseline | None = None,
+    def judge(self, cand: Candidate, out: Path, timings: dict[str, float], *, baseline: Baseline | None = None,
               before_confirmation: Callable[[], Any] | None = None) -> Judgement:
         """The paired judgement of `cand` against its parent (a pinned copy of the commit it branched from),
         through the run's executor; each side's train and evaluate times add to `timings` (the parent's as
@@ -339,7 +339,7 @@ class CandidateEvaluator:
                                before_confirmation=confirm_hook if before_confirmation else None)
         return judge.judge()
 
-    def adopt(self, cand: Any, scores: list[float]) -> None:
+    def adopt(self, cand: Candidate, scores: list[float]) -> None:
         """A merged candidate is the new best. Its selection-time scores are biased upward by the selection,
         so they are never its baseline: the new best is measured afresh before the next comparison."""
         self.ctx.baseline = None

@@ -29,8 +29,9 @@ from rich.markup import escape
 from edits.paths import PROTECTED_PATHS, PathPolicy
 from evolver.execute.cascade import PER_SEED_STAGES, CascadeResult, StageRun, write_manifest
 from evolver.execute.harness_copy import pristine_harness
-from evolver.execute.job import StageJob, StageOutcome
+from evolver.execute.job import Executor, StageJob, StageOutcome
 from evolver.execute.local import executor_kind, make_executor
+from evolver.execute.ray_executor import RayExecutor
 from evolver.judge.promotion import RunErrorControl
 from evolver.record.git_record import EvolutionRecord
 from evolver.record.store import ProposalStore
@@ -67,7 +68,7 @@ class RunContext:
         """One writer at a time on the git record, the store and the run's files (a cohort judges candidates on
         several threads)."""
         self.executor_kind = executor_kind(settings.executor, settings.ray_address)  # a missing Ray fails here
-        self._executor: Any = None
+        self._executor: Executor | None = None
         self.baseline: Baseline | None = None
         self.outcomes: list[CycleOutcome] = []
         self.server_info: dict[str, Any] | None = None  # the LLM server's, once the loop's preflight ran
@@ -134,7 +135,7 @@ class RunContext:
         return ensure_run_data(self.run_dir, spec)
 
     @property
-    def executor(self) -> Any:
+    def executor(self) -> Executor:
         """Where every training job of the run goes (the baseline's seeds, the gates, the seed pairs): local
         worker slots (`workers()` of them, the GPU ids of --gpu-ids in turn) or a Ray cluster; made at first use."""
         if self._executor is None:
@@ -145,7 +146,7 @@ class RunContext:
         return self._executor
 
     @executor.setter
-    def executor(self, executor: Any) -> None:
+    def executor(self, executor: Executor) -> None:
         self._executor = executor
 
     def close_executor(self) -> None:
@@ -183,10 +184,11 @@ class RunContext:
         """On a Ray cluster: how many seed pairs its alive nodes can train at the same time, each pair on one
         node (side by side), or how many lone sides (--serial-pairs)."""
         s = self.settings
-        if not hasattr(self.executor, "groups_at_once"):  # an executor that cannot tell
+        executor = self.executor
+        if not isinstance(executor, RayExecutor):  # an executor that cannot tell
             return max(1, self.workers() // (2 if s.side_by_side else 1))
-        side = self.executor.resources_of({"cpus": self.sandbox_cpus(), "threads": self.stage_threads(), "gpus": s.gpus})
-        return int(self.executor.groups_at_once([side] * (2 if s.side_by_side else 1)))
+        side = executor.resources_of({"cpus": self.sandbox_cpus(), "threads": self.stage_threads(), "gpus": s.gpus})
+        return int(executor.groups_at_once([side] * (2 if s.side_by_side else 1)))
 
     def check_cluster(self) -> None:
         """Stop the run before the baseline when no node of the Ray cluster can train a seed pair (both sides
@@ -194,11 +196,13 @@ class RunContext:
         if self.executor_kind == "local" or self.pairs_at_once() > 0:
             return
         s = self.settings
+        executor = self.executor
+        assert isinstance(executor, RayExecutor)  # a local executor returned above
         what = (f"two sandboxes of {self.sandbox_cpus():g} CPU" + (" and 1 GPU" if s.gpus else "") + " each"
                 if s.side_by_side else f"one sandbox of {self.sandbox_cpus():g} CPU" + (" and 1 GPU" if s.gpus else ""))
         raise StopRun(f"no node of the Ray cluster has room for a seed pair ({what}, on one node); nodes: "
                       + "; ".join(", ".join(f"{v:g} {k}" for k, v in sorted(n.items()) if k in ("CPU", "GPU"))
-                                  for n in self.executor.node_resources())
+                                  for n in executor.node_resources())
                       + ". Start the nodes with more CPUs (ray start --num-cpus), lower --cpus, or use --serial-pairs")
 
     def parent_tree(self, commit: str) -> Path:

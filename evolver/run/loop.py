@@ -36,7 +36,7 @@ from evolver.propose.prompt import HistoryItem
 from evolver.propose.providers import ProviderError, get_provider
 from evolver.propose.providers.base import Provider
 from evolver.propose.task_facts import task_facts
-from evolver.record.git_record import RecordError
+from evolver.record.git_record import Candidate, RecordError
 from evolver.run.baseline import measure_parent, weak_baseline_warning
 from evolver.run.candidate import CandidateEvaluator
 from evolver.run.cohort import CycleOrder, start_in_background, wait_any
@@ -87,7 +87,7 @@ class EvolutionLoop:
         """Apply, gate and judge one proposal against the current parent, and record its result."""
         return self.candidates.evaluate(proposal, cycle, info)
 
-    def _judge(self, cand: Any, out: Path, timings: dict[str, float]) -> Judgement:
+    def _judge(self, cand: Candidate, out: Path, timings: dict[str, float]) -> Judgement:
         return self.candidates.judge(cand, out, timings)
 
     # ------------------------------------------------------------------ proposing

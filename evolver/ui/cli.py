@@ -105,7 +105,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         raise NotImplementedError(f"edits.engine is not available: {exc}") from exc
 
     root = repo_toplevel(args.repo)
-    run_id = args.run_id or (list_runs(root) or [None])[-1]
+    runs = list_runs(root)
+    run_id = args.run_id or (runs[-1] if runs else None)
     with EvolutionRecord(root, run_id) as rec:
         try:
             cand = rec.create_candidate(proposal.id)

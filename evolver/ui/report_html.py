@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from scipy import stats
 
@@ -61,14 +61,14 @@ def esc(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
 def num(value: object, fmt: str = ".4f") -> str:
     """A finite number formatted with ``fmt``; anything else as escaped text, or a dash when missing."""
     if is_number(value):
-        return format(float(value), fmt)  # type: ignore[arg-type]
+        return format(float(value), fmt)
     return "&mdash;" if value is None else esc(value)
 
 
@@ -844,17 +844,17 @@ FIDELITY_STAGES = {"trainability": "minus the trainability loss ratio (final / e
 
 
 def _dropped(value: object) -> str:
-    return esc(fidelity.format_count(float(value))) if is_number(value) else num(value)  # type: ignore[arg-type]
+    return esc(fidelity.format_count(float(value))) if is_number(value) else num(value)
 
 
 def fidelity_html(summary: Mapping[str, Any]) -> str:
     """The fidelity of the cheap stages (:mod:`evolver.judge.fidelity`): one row per stage, then its lines."""
-    stages = summary.get("stages") if isinstance(summary.get("stages"), dict) else {}
+    stages: dict[str, Any] = summary["stages"] if isinstance(summary.get("stages"), dict) else {}
     fraction = summary.get("keep_fraction")
     top = f"top {num(float(fraction) * 100, '.0f')} %" if is_number(fraction) else "top fraction"
     rows = []
     for name, what in FIDELITY_STAGES.items():
-        e = stages.get(name) if isinstance(stages.get(name), dict) else {}
+        e: dict[str, Any] = stages[name] if isinstance(stages.get(name), dict) else {}
         cut = "real kept flags" if name == "screen" else top
         rows.append(f'<tr data-stage="{esc(name)}"><td><b>{esc(name)}</b><br><span class="empty">{esc(what)}</span>'
                     f"</td><td>{num(e.get('candidates'), '.0f')}</td><td>{num(e.get('n'), '.0f')}</td>"

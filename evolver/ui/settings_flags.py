@@ -45,7 +45,7 @@ def _parser_of(name: str) -> Any:
 
 
 def _default_text(f: dataclasses.Field[Any]) -> str:
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     if isinstance(default, list):
         default = ",".join(str(x) for x in default) or "none"
     return "" if default is None else f" (default {default}; {ENV_PREFIX}{f.name.upper()})"

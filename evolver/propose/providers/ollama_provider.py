@@ -115,6 +115,7 @@ class OllamaProvider(Provider):
 
     def _merge_context(self, reported: int | None, where: str, notes: list[str]) -> tuple[int | None, str]:
         # Ollama allocates the num_ctx each request asks for, so the setting wins over what /api/show says.
+        ctx: int | None
         if self.context_setting:
             ctx, source = self.context_setting, "--context-tokens (sent as num_ctx)"
         else:

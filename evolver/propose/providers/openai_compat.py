@@ -49,8 +49,10 @@ def _transport_errors(name: str) -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-_TIMEOUT_ERRORS = _transport_errors("TimeoutException")
-_TRANSPORT_ERRORS = _transport_errors("TransportError")
+# APITimeoutError first: it is a connection error too.
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (openai.APITimeoutError, *_transport_errors("TimeoutException"))
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (openai.APIConnectionError,
+                                                       *_transport_errors("TransportError"))
 
 
 def _reasoning_of(message: Any) -> str:
@@ -190,7 +192,7 @@ class OpenAICompatProvider(Provider):
                 return assumed, (f"LM Studio /api/v0/models max_context_length={most}, loaded length not reported: "
                                  f"assuming {assumed}; set --context-tokens if the model was loaded with more")
         extra = self._model_entries.get(model) or {}
-        meta = extra.get("meta") if isinstance(extra.get("meta"), dict) else {}
+        meta: dict[str, Any] = extra["meta"] if isinstance(extra.get("meta"), dict) else {}
         for value, where in ((meta.get("n_ctx"), "/v1/models meta.n_ctx"),
                              (extra.get("loaded_context_length"), "/v1/models loaded_context_length"),
                              (extra.get("max_model_len"), "/v1/models max_model_len"),
@@ -263,9 +265,9 @@ class OpenAICompatProvider(Provider):
                         on_tokens(chunks)
                     if choice.finish_reason:
                         finish = choice.finish_reason
-        except (openai.APITimeoutError, *_TIMEOUT_ERRORS) as exc:  # APITimeoutError first: it is a connection error
+        except _TIMEOUT_ERRORS as exc:
             raise TransientError("timeout", f"no data from the server for {self.timeout:g}s", "".join(content)) from exc
-        except (openai.APIConnectionError, *_TRANSPORT_ERRORS) as exc:
+        except _CONNECTION_ERRORS as exc:
             raise TransientError("connection", str(exc) or type(exc).__name__, "".join(content)) from exc
         except openai.RateLimitError as exc:
             raise TransientError("rate_limited", f"HTTP 429: {exc.message}") from exc
