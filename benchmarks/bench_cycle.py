@@ -19,12 +19,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, clone_head, git  # noqa: E402
+
 TRAINING = ("train", "evaluate")
 
-
-def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
 def main() -> int:
@@ -37,7 +35,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-cycle-"))
     repo = tmp / "repo"
-    _git(tmp, "clone", "--quiet", str(ROOT), str(repo))
+    clone_head(repo)
     cmd = [sys.executable, str(ROOT / "evolve.py"), "--repo", str(repo), "--provider", "offline", "--cycles",
            str(args.cycles), "--auto-apply", "--task", "sudoku4", "--backend", args.backend,
            "--literature", "snapshot"]
@@ -53,7 +51,7 @@ def main() -> int:
         print(f"evolve.py exited {proc.returncode}")
         return 1
 
-    run_branch = next(b for b in _git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/evolve/").split()
+    run_branch = next(b for b in git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/evolve/").split()
                       if b.endswith("/best"))
     run_id = run_branch.split("/")[1]
     state = repo / ".hrm-evolve" / "runs" / run_id
@@ -66,8 +64,8 @@ def main() -> int:
     header = f"{'candidate':28} {'verdict':10} {'cycle s':>8} " + " ".join(
         f"{k:>12}" for k in ("llm", "patch", "safety", "smoke", "trainability", "train", "evaluate"))
     print(header + f" {'non-train':>9}")
-    for pid in _git(repo, "ls-tree", "--name-only", f"{run_branch}:proposals/{run_id}").split():
-        result = json.loads(_git(repo, "show", f"{run_branch}:proposals/{run_id}/{pid}/result.json"))
+    for pid in git(repo, "ls-tree", "--name-only", f"{run_branch}:proposals/{run_id}").split():
+        result = json.loads(git(repo, "show", f"{run_branch}:proposals/{run_id}/{pid}/result.json"))
         t = result.get("timings", {})
         started = datetime.fromisoformat(result["started"])
         finished = datetime.fromisoformat(result["finished"])

@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,10 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
+from common import clone_head, git  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from evolver.intervals import t_interval  # noqa: E402
 
 TARGET_GAIN = 0.08  # exact accuracy, on the final split
 METRICS = ("exact_accuracy", "token_accuracy")
@@ -52,17 +48,10 @@ REMEASURE_SEED_START = 200_000
 FINAL_SEED_START = 300_000
 
 
-def _git(cwd: Path, *argv: str) -> str:
-    return subprocess.run(["git", *argv], cwd=cwd, check=True, capture_output=True, text=True).stdout
-
 
 def interval(xs: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and two-sided t interval (the half-width is 0 for a single value)."""
-    mean = statistics.fmean(xs)
-    if len(xs) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.5 + level / 2, len(xs) - 1)) * statistics.stdev(xs) / len(xs) ** 0.5
-    return mean, mean - half, mean + half
+    return t_interval(xs, level) or (xs[0], xs[0], xs[0])
 
 
 def fmt(xs: list[float]) -> str:
@@ -118,7 +107,7 @@ class PairRunner:
 
 
 def checkout(repo: Path, sha: str, where: Path) -> Path:
-    _git(repo, "worktree", "add", "--quiet", "--detach", str(where), sha)
+    git(repo, "worktree", "add", "--quiet", "--detach", str(where), sha)
     return where
 
 
@@ -163,10 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="bench-evolution-"))
     repo = tmp / "repo"
-    _git(tmp, "clone", "--quiet", str(ROOT), str(repo))
-    _git(repo, "config", "user.name", "bench")
-    _git(repo, "config", "user.email", "bench@hrm-evolve.invalid")
-    start_sha = _git(repo, "rev-parse", "HEAD").strip()
+    clone_head(repo)
+    start_sha = git(repo, "rev-parse", "HEAD").strip()
     extra: dict[str, Any] = {}
     for key in ("max_seeds", "confirm_seeds", "image", "threads"):
         if getattr(args, key) is not None:
@@ -198,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['id']}: {r['verdict']}: {r['reason'][:200]}")
 
     best_branch = loop.ctx.record.run_branch
-    merges = _git(repo, "log", "--first-parent", "--merges", "--reverse", "--format=%H %P", best_branch).split("\n")
+    merges = git(repo, "log", "--first-parent", "--merges", "--reverse", "--format=%H %P", best_branch).split("\n")
     merges = [m.split() for m in merges if m.strip()]
     runner = PairRunner(loop, tmp / "remeasure", "final")
     wt = tmp / "worktrees"
@@ -212,14 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         after = checkout(repo, merge, wt / f"m{k}-after")
         seeds = list(range(REMEASURE_SEED_START + 100 * k, REMEASURE_SEED_START + 100 * k + args.remeasure_seeds))
         pairs = runner.pairs(before, after, seeds, f"merge{k}", log)
-        subject = _git(repo, "log", "-1", "--format=%s", merge).strip()
+        subject = git(repo, "log", "-1", "--format=%s", merge).strip()
         remeasured[merge] = {m: [a[m] - b[m] for b, a in pairs] for m in METRICS}
         for m in METRICS:
             mean, lo, hi = interval(remeasured[merge][m])
             print(f"  {subject[:50]}: {m} gain {mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                   + (f" ({'reproduces' if lo > 0 else 'does not reproduce at 95%'})" if m == args.metric else ""))
 
-    best_sha = _git(repo, "rev-parse", best_branch).strip()
+    best_sha = git(repo, "rev-parse", best_branch).strip()
     print(f"\nfinal best {best_sha[:10]} against the starting code {start_sha[:10]} on the final split, "
           f"{args.final_seeds} fresh seeds from {FINAL_SEED_START}:")
     if best_sha == start_sha:

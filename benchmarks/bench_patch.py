@@ -16,15 +16,15 @@ import ast
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import ROOT  # noqa: E402
+
+REPO = ROOT
 
 from edits.engine import apply_edits  # noqa: E402
 from edits.paths import PathPolicy  # noqa: E402

@@ -223,16 +223,12 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import clone_head, git  # noqa: E402
+
 NULL_TARGET = "BatchStream.__init__"
 NULL_LINE = "self.rng = np.random.default_rng([seed, 0xDA7A])"
 REGRESSION_TARGET = "_cpu_train"
 
-
-def _git(cwd: Path, *argv: str) -> str:
-    import subprocess
-
-    return subprocess.run(["git", *argv], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
 def _function_source(path: Path, qualname: str) -> str:
@@ -291,15 +287,13 @@ def run_real_loop(args: argparse.Namespace) -> int:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="bench-promotion-"))
     repo = tmp / "repo"
-    _git(tmp, "clone", "--quiet", str(ROOT), str(repo))
-    _git(repo, "config", "user.name", "bench")
-    _git(repo, "config", "user.email", "bench@hrm-evolve.invalid")
+    clone_head(repo)
     presets = repo / "hrm" / "presets.py"
     original = _function_source(presets, REGRESSION_TARGET)
     planted = original.replace("lr: float = 3e-3", f"lr: float = {3e-3 / args.regression_factor:g}")
     assert planted != original, "the planted regression no longer applies: update the benchmark"
     presets.write_text(presets.read_text().replace(original, planted))
-    _git(repo, "commit", "--quiet", "-am", f"planted regression: CPU lr / {args.regression_factor:g}")
+    git(repo, "commit", "--quiet", "-am", f"planted regression: CPU lr / {args.regression_factor:g}")
 
     hog = None
     if args.hog:

@@ -16,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import ROOT  # noqa: E402
+
+REPO = ROOT
 
 from sandbox import SandboxSpec, docker_unavailable_reason, get_backend  # noqa: E402
 from sandbox.local_backend import LocalBackend  # noqa: E402

@@ -63,8 +63,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cycle import ROOT, _git  # noqa: E402 - the sibling benchmark's clone helpers
+from common import ROOT, clone_head  # noqa: E402
 
 MODES = ("serial", "parallel", "ray")
 TASK = "sudoku4"
@@ -292,7 +291,6 @@ def speedup(rows: list[dict[str, Any]]) -> float | None:
 def child_main(config_path: Path) -> int:
     """Run one mode's loop through the EvolutionLoop API and write its summary (never raises)."""
     cfg = json.loads(config_path.read_text())
-    sys.path.insert(0, str(ROOT))
     summary: dict[str, Any] = {"baselines": [], "results": [], "error": None}
     t0 = time.monotonic()
     try:
@@ -392,9 +390,7 @@ def run_mode(mode: str, args: argparse.Namespace, tmp: Path, log: Callable[[str]
     where = tmp / mode
     repo = where / "repo"
     where.mkdir(parents=True)
-    _git(where, "clone", "--quiet", str(ROOT), str(repo))
-    _git(repo, "config", "user.name", "bench")
-    _git(repo, "config", "user.email", "bench@hrm-evolve.invalid")
+    clone_head(repo)
     config = {"repo": str(repo), "settings": mode_settings(mode, args, address), "summary": str(where / "summary.json")}
     (where / "config.json").write_text(json.dumps(config, indent=1) + "\n")
     log(f"{mode}: {evolve_command(mode, repo, args, address)}")

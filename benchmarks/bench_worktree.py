@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT  # noqa: F401 - puts the repository on the path
 
 from evolver.record.git_record import EvolutionRecord  # noqa: E402
 

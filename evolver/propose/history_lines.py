@@ -13,8 +13,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from scipy import stats
-
+from evolver.intervals import t_interval
 from evolver.propose.prompt import HistoryItem
 
 IDEA_CHARS = 200
@@ -25,11 +24,8 @@ ERROR_LINE_CHARS = 200
 def gain_interval(gains: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
     """The two-sided t interval of the mean of `gains`; None with fewer than two."""
     xs = [float(g) for g in gains if g is not None and math.isfinite(float(g))]
-    if len(xs) < 2:
-        return None
-    mean = statistics.fmean(xs)
-    half = float(stats.t.ppf(0.5 + level / 2, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
-    return mean - half, mean + half
+    interval = t_interval(xs, level)
+    return None if interval is None else (interval[1], interval[2])
 
 
 def _short(text: str, limit: int) -> str:

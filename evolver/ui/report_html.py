@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from scipy import stats
-
+from evolver.intervals import t_interval
 from evolver.judge import fidelity
 from evolver.record.git_record import EvolutionRecord, RecordError, check_name, repo_toplevel
 from evolver.record.store import ProposalStore
@@ -351,23 +350,11 @@ def _candidate(index: int, pid: str, result: dict[str, Any] | None, info: Any, s
 
 
 # ================================================================================================ statistics
-def t_interval(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float, float] | None:
-    """(mean, low, high): the two-sided Student t interval of the mean; None without two values."""
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    sem = float(stats.sem(values))
-    if sem == 0 or not math.isfinite(sem):
-        return mean, mean, mean
-    low, high = stats.t.interval(level, len(values) - 1, loc=mean, scale=sem)
-    return mean, float(low), float(high)
-
-
 def point_interval(values: Sequence[float]) -> tuple[float, float, float] | None:
     """The t interval, or the lone value as a point; None without values."""
     if len(values) == 1:
         return values[0], values[0], values[0]
-    return t_interval(values) if values else None
+    return t_interval(values, CI_LEVEL) if values else None
 
 
 @dataclass
@@ -532,7 +519,7 @@ def _error_bar(cx: float, ci: tuple[float, float, float], y: Callable[[float], f
 
 
 def _ci_cell(values: Sequence[float]) -> str:
-    ci = t_interval(values)
+    ci = t_interval(values, CI_LEVEL)
     if ci is None:
         return num(values[0]) + " (1 seed)" if values else "&mdash;"
     mean, low, high = ci
