@@ -45,7 +45,9 @@ from puzzles.tasks import TaskSpec, get_task
 from sandbox import Backend, Mount, SandboxResult, SandboxSpec, get_backend
 from sandbox.readback import UnsafeOutput, audit_tree, copy_out, read_array, read_json
 
-ALL_STAGES: tuple[str, ...] = ("safety", "smoke", "trainability", "train", "evaluate")
+ALL_STAGES: tuple[str, ...] = ("safety", "smoke", "fingerprint", "trainability", "train", "evaluate")
+DEFAULT_STAGES: tuple[str, ...] = ("safety", "smoke", "trainability", "train", "evaluate")
+"""What run_cascade runs unless told: every stage but the fingerprint (evolver/no_effect.py asks for that one)."""
 PER_SEED_STAGES = ("train", "evaluate")
 EARLY_STOP = "early-stop"
 """The failed_stage of a train stage the host stopped early (its learning curve was clearly below its
@@ -54,7 +56,8 @@ CANCELLED = "cancelled"
 """The failed_stage of a job the host cancelled because the run is stopping (Ctrl-C): its running stage was
 killed and no later one started. Nothing judges it: the run records nothing more (evolver/loop.py)."""
 CANCEL_REASON = "cancelled: the run is stopping"
-DEFAULT_TIMEOUTS: dict[str, float] = {"safety": 60.0, "smoke": 180.0, "trainability": 300.0, "evaluate": 600.0}
+DEFAULT_TIMEOUTS: dict[str, float] = {"safety": 60.0, "smoke": 180.0, "fingerprint": 180.0, "trainability": 300.0,
+                                      "evaluate": 600.0}
 SETUP_ALLOWANCE_S = 30.0
 """Host-measured seconds a train stage may spend beyond its budget: interpreter and torch start-up, data
 loading, model building and the final checkpoint. A trainer that trains past its budget by any clock of
@@ -281,7 +284,7 @@ def run_cascade(
     seeds: Sequence[int],
     budget_seconds: float,
     backend: Backend | str = "auto",
-    stages: Sequence[str] = ALL_STAGES,
+    stages: Sequence[str] = DEFAULT_STAGES,
     timeouts: dict[str, float] | None = None,
     manifest: Path | None = None,
     progress: Progress | None = None,
@@ -387,6 +390,8 @@ def run_cascade(
             command += ["--checkpoint", "/train/checkpoint.pt", "--segments", str(spec_task.eval_segments)]
         else:
             mounts.append(Mount(train_data, "/data"))
+        if stage == "fingerprint":  # the eval rollout of its fixed batch runs the task's segments
+            command += ["--segments", str(spec_task.eval_segments)]
         if stage == "trainability" and trainability_steps:
             command += ["--steps", str(trainability_steps)]
         spec = SandboxSpec(

@@ -46,6 +46,7 @@ from evolver.run_context import RunContext, StopRun, utc_now
 from evolver.screening import ScreenBatches, screen_budget
 from evolver.settings import Settings
 from evolver.store import ProposalStore
+from evolver.verdicts import DUPLICATE, NO_EFFECT
 from proposals.schema import Proposal, proposal_json_schema
 
 __all__ = ["GATE_STAGES", "Baseline", "CycleOutcome", "EvolutionLoop", "StopRun"]
@@ -199,6 +200,8 @@ class EvolutionLoop:
             verdict = result.get("verdict", "unfinished")
             if result.get("failed_stage"):
                 verdict = f"{verdict} at {result['failed_stage']}: {str(result.get('reason', ''))[:120]}"
+            elif verdict in (NO_EFFECT, DUPLICATE):  # why, so the next proposal does not repeat it
+                verdict = f"{verdict}: {str(result.get('reason', ''))[:400]}"
             score = (result.get("comparison") or {}).get("mean_gain")
             items.append(HistoryItem(pid, str(proposal.get("title", pid)), verdict,
                                      None if score is None else float(score)))

@@ -23,10 +23,11 @@ from typing import Any
 
 from smoketests.result import StageFailure, StageResult, describe_exception, write_result
 
-STAGES: tuple[str, ...] = ("safety", "smoke", "trainability", "train", "evaluate")
+STAGES: tuple[str, ...] = ("safety", "smoke", "fingerprint", "trainability", "train", "evaluate")
 STAGE_MODULES = {
     "safety": "smoketests.safety",
     "smoke": "smoketests.smoke",
+    "fingerprint": "smoketests.fingerprint",
     "trainability": "smoketests.trainability",
     "train": "smoketests.train_stage",
     "evaluate": "smoketests.evaluate_stage",
@@ -81,6 +82,9 @@ def _stage_runner(args: argparse.Namespace) -> Callable[[], dict[str, Any]]:
     _use_candidate(args.repo)
     if args.stage == "smoke":
         return lambda: module.run_smoke(args.data, args.task, args.seed)
+    if args.stage == "fingerprint":
+        return lambda: module.run_fingerprint(args.data, args.out, args.task, args.seed, args.budget_seconds,
+                                              segments=args.segments)
     if args.stage == "trainability":
         return lambda: module.run_trainability(args.data, args.task, args.seed, steps=args.steps or 100)
     if args.stage == "train":
