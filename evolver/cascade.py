@@ -301,12 +301,16 @@ def run_cascade(
     eval_cap_s: float | None = None,
     stop: threading.Event | None = None,
     cancel: threading.Event | None = None,
+    fingerprint: bool = False,
 ) -> CascadeResult:
     """Run the requested stages in order (train + evaluate per seed), stopping at the first failure.
 
     ``candidate_dir`` is a tree holding the candidate's ``hrm/`` (only that package is copied into the
     sandbox); ``harness_dir`` the pristine harness copy; ``data_dir`` the host-only run data with
     ``train`` and the held-out splits, of which ``heldout_split`` is scored.
+
+    ``fingerprint``: the smoke stage also records the fingerprint the no-effect check compares
+    (evolver/no_effect.py), under its metrics' ``fingerprint``.
 
     ``stop``: the host's early stop of the train stage (evolver/early_stop.py). ``cancel``: set when the run
     is stopping: the running stage is killed and no other starts (the result fails at CANCELLED). A train
@@ -390,8 +394,8 @@ def run_cascade(
             command += ["--checkpoint", "/train/checkpoint.pt", "--segments", str(spec_task.eval_segments)]
         else:
             mounts.append(Mount(train_data, "/data"))
-        if stage == "fingerprint":  # the eval rollout of its fixed batch runs the task's segments
-            command += ["--segments", str(spec_task.eval_segments)]
+        if stage == "fingerprint" or (stage == "smoke" and fingerprint):  # its rollout runs the task's segments
+            command += ["--segments", str(spec_task.eval_segments)] + (["--fingerprint"] if stage == "smoke" else [])
         if stage == "trainability" and trainability_steps:
             command += ["--steps", str(trainability_steps)]
         spec = SandboxSpec(

@@ -97,6 +97,9 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--early-stop-audit", type=float, default=None,
                    help="the share of early stops only recorded, not enforced, to measure what they cost "
                         "(default 0.25)")
+    p.add_argument("--no-effect-check", action=argparse.BooleanOptionalAction, default=None,
+                   help="end a candidate whose fingerprint after smoke (config, parameters, first losses, logits) "
+                        "equals its parent's as no-effect, before trainability and any seed pair (default on)")
     p.add_argument("--budget-seconds", type=_positive_float, default=None,
                    help="training budget per seed (default 40); the host kills a train stage at this plus "
                         "--setup-allowance seconds of its own clock")
@@ -147,7 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
             "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids", "image",
             "executor", "ray_address", "workers", "cohort", "screen", "screen_fraction", "screen_budget_seconds",
-            "screen_audit", "early_stop", "early_stop_margin", "early_stop_audit")
+            "screen_audit", "early_stop", "early_stop_margin", "early_stop_audit", "no_effect_check")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     try:
         if executor_kind(settings.executor, settings.ray_address) == "ray":

@@ -1,23 +1,24 @@
 """Candidates ended in seconds, before any seed pair: edits without effect, and duplicates.
 
-**no-effect.** Right after the smoke gate the candidate's `fingerprint` stage runs in the sandbox
-(smoketests/fingerprint.py): its resolved task preset, its trainer's stored configuration, its parameter
-count, the first FINGERPRINT_STEPS losses and learning rates of its own trainer at the run's seed and budget,
-its learning-rate schedule at fixed later steps, and the logits of the trained model on a fixed batch. The
-parent's fingerprint is made the same way from a pinned copy of the parent's `hrm/` (at the same time as
-the candidate's gates, on another worker slot) and cached per parent tree, task, seed, budget, threads,
-harness and run. The host compares them: when every value is equal within floating-point noise, the edit
-did not change training, and the candidate ends `no-effect` with the matched values in its reason (and in
-`result.json` under `no_effect`, which the next LLM request's history block shows). Where the candidate
-changed a config default that the task preset sets itself, the reason names that preset value.
+**no-effect.** The candidate's smoke gate also records its fingerprint in the sandbox, in the same process
+(smoketests/fingerprint.py; `python -m smoketests smoke --fingerprint`): its resolved task preset, its
+trainer's stored configuration, its parameter count, the first FINGERPRINT_STEPS losses and learning rates of
+its own trainer at the run's seed and budget, its learning-rate schedule at fixed later steps, and the logits
+of the trained model on a fixed batch. The parent's fingerprint is made the same way from a pinned copy of
+the parent's `hrm/` (at the same time as the candidate's gates, on another worker slot) and cached per parent
+tree, task, seed, budget, threads, harness and run. The host compares them: when every value is equal within
+floating-point noise, the edit did not change training, and the candidate ends `no-effect` before
+trainability, with the matched values in its reason (and in `result.json` under `no_effect`, which the next
+LLM request's history block shows). Where the candidate changed a config default that the task preset sets
+itself, the reason names that preset value.
 
 What the comparison cannot see: a change that acts only after the first steps outside the learning-rate
 schedule (a rule that starts at step 500, say), or one that keeps every number but changes speed. The second
 is guarded only against large speed-ups: a candidate whose steps took less than SPEED_GUARD of its parent's
-time is judged in full. A
-fingerprint that is missing or malformed, on either side, ends nothing. A candidate can forge its
-fingerprint (it runs in the process that writes it): a forged match only ends itself, a forged difference
-only buys the full judgement it had before this check existed.
+time is judged in full. A fingerprint that is missing or malformed, on either side, ends nothing (and a
+failing fingerprint never fails smoke). A candidate can forge its fingerprint (it runs in the process that
+writes it): a forged match only ends itself, a forged difference only buys the full judgement it had before
+this check existed.
 
 **duplicate.** Before its gates, a committed candidate whose `hrm/` tree equals an earlier candidate's of the
 same run, or whose normalised patch against the same parent equals one, ends `duplicate`, naming the earlier
@@ -45,9 +46,13 @@ from evolver.cascade import CascadeResult
 from evolver.harness_copy import harness_digest
 from evolver.verdicts import VOID
 
-PRE_STAGES = ("safety", "smoke", "fingerprint")
-"""The gates before the no-effect check; trainability runs only when the candidate is not ended by it."""
+PRE_STAGES = ("safety", "smoke")
+"""The gates before the no-effect check (smoke records the fingerprint in the same process); trainability runs
+only when the candidate is not ended by it."""
 FINGERPRINT = "fingerprint"
+CARRIER = "smoke"
+"""The stage whose metrics carry the fingerprint (a stage of its own, ``fingerprint``, costs one interpreter and
+torch start more: about 3 s on an idle 2-core machine, 10 s on a busy one)."""
 LOSS_RTOL = 1e-6
 LR_RTOL = 1e-9
 LOGITS_RTOL = 1e-5
@@ -184,13 +189,32 @@ def no_effect_reason(match: Match, parent: Mapping[str, Any], candidate: Mapping
 
 
 def _fingerprint_of(result: CascadeResult) -> tuple[dict[str, Any] | None, str]:
-    """The fingerprint stage's metrics from a cascade result, or None and why not."""
+    """The fingerprint from a cascade result (the smoke stage's metrics, or a stage of its own), or None and
+    why not."""
     for run in result.stages:
         if run.stage == FINGERPRINT:
             if not run.ok:
                 return None, f"the fingerprint stage failed: {run.reason}"
             return dict(run.metrics), ""
+        if run.stage == CARRIER:
+            if not run.ok:
+                return None, f"the {CARRIER} stage failed: {run.reason}"
+            fp = run.metrics.get("fingerprint")
+            if isinstance(fp, dict):
+                return dict(fp), ""
+            return None, f"no fingerprint: {str(run.metrics.get('fingerprint_error') or 'none recorded')[:2000]}"
     return None, "no fingerprint stage ran"
+
+
+def _fingerprint_seconds(result: CascadeResult) -> float:
+    """Seconds the fingerprint took: a stage of its own, or its own clock inside smoke (a claim, only reported)."""
+    for run in result.stages:
+        if run.stage == FINGERPRINT:
+            return float(run.duration_s)
+        if run.stage == CARRIER and isinstance(run.metrics.get("fingerprint"), dict):
+            seconds = run.metrics["fingerprint"].get("fingerprint_seconds")
+            return float(seconds) if isinstance(seconds, (int, float)) else 0.0
+    return 0.0
 
 
 _locks: dict[str, threading.Lock] = {}
@@ -224,11 +248,11 @@ def parent_fingerprint(ctx: Any, parent_commit: str) -> tuple[dict[str, Any] | N
         if cache.exists():
             data = json.loads(cache.read_text())
             return data.get("fingerprint"), str(data.get("missing") or ""), True, float(data.get("seconds") or 0.0)
-        result = ctx.cascade(ctx.parent_tree(parent_commit), ctx.run_dir / "fingerprints" / tree[:12], (FINGERPRINT,),
-                             [], parent_commit, side="parent", phase="fingerprint")
+        result = ctx.cascade(ctx.parent_tree(parent_commit), ctx.run_dir / "fingerprints" / tree[:12], (CARRIER,),
+                             [], parent_commit, side="parent", phase="fingerprint", fingerprint=True)
         fp, why = _fingerprint_of(result)
         seconds = sum(r.duration_s for r in result.stages)
-        if result.failed_stage not in (None, FINGERPRINT):  # the executor lost it: not cached, tried again
+        if result.failed_stage not in (None, CARRIER):  # the executor lost it: not cached, tried again
             return None, f"the parent's fingerprint did not run: {result.reason}", False, seconds
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp")
@@ -263,20 +287,24 @@ def run_gates(ctx: Any, tree: Path, out: Path, gate_stages: Sequence[str], chang
     run as before."""
     if not getattr(ctx.settings, "no_effect_check", True):
         return ctx.cascade(tree, out, tuple(gate_stages), changed, parent), None
-    pre = tuple(s for s in PRE_STAGES if s in gate_stages or s == FINGERPRINT)
+    pre = tuple(s for s in PRE_STAGES if s in gate_stages)
     rest = tuple(s for s in gate_stages if s not in pre)
+    if CARRIER not in pre:
+        return ctx.cascade(tree, out, tuple(gate_stages), changed, parent), None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parent-fingerprint")
     future: Future[tuple[dict[str, Any] | None, str, bool, float]] = pool.submit(parent_fingerprint, ctx, parent)
     pool.shutdown(wait=False)
-    first = ctx.cascade(tree, out, pre, changed, parent)
+    first = ctx.cascade(tree, out, pre, changed, parent, fingerprint=True)
     fp, why = _fingerprint_of(first)
-    fp_seconds = sum(r.duration_s for r in first.stages if r.stage == FINGERPRINT)
-    gate_failed = not first.ok and first.failed_stage != FINGERPRINT
+    fp_seconds = _fingerprint_seconds(first)
+    gate_failed = not first.ok
     try:
         parent_fp, parent_why, cached, parent_seconds = future.result()
     except Exception as exc:  # the check only ever ends a candidate; its own trouble ends nothing
         parent_fp, parent_why, cached, parent_seconds = None, f"the parent's fingerprint failed: {exc}", False, 0.0
-    check: dict[str, Any] = {"candidate_seconds": round(fp_seconds, 3), "parent_cached": cached,
+    smoke_seconds = sum(r.duration_s for r in first.stages if r.stage == CARRIER)
+    check: dict[str, Any] = {"candidate_seconds": round(fp_seconds, 3), "smoke_host_seconds": round(smoke_seconds, 3),
+                             "parent_cached": cached,
                              "parent_seconds": 0.0 if cached else round(parent_seconds, 3)}
     record["no_effect_check"] = check
     if gate_failed:
@@ -295,7 +323,6 @@ def run_gates(ctx: Any, tree: Path, out: Path, gate_stages: Sequence[str], chang
         check["verdict"] = "no-effect"
         return first, ended
     if not rest:
-        first.ok, first.failed_stage, first.failed_seed, first.reason = True, None, None, ""
         return first, None
     second = ctx.cascade(tree, out / "after-fingerprint", rest, changed, parent)
     combined = CascadeResult(ok=second.ok, task=second.task, seeds=second.seeds, stages=first.stages + second.stages,

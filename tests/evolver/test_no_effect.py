@@ -101,17 +101,21 @@ def test_fingerprint_stage_tells_edits_without_effect_from_real_changes(run_data
     }
     fps: dict[str, dict[str, object]] = {}
     seconds: dict[str, float] = {}
-    for name, tree in trees.items():
+    runs = [(name, tree, "smoke") for name, tree in trees.items()] + [("parent-alone", trees["parent"], "fingerprint")]
+    for name, tree, stage in runs:  # as the gates run it (inside smoke), and once as a stage of its own
         t0 = time.monotonic()
         res = run_cascade(tree, harness, run_data, tmp_path / f"out-{name}", task="sudoku4", seeds=[0],
-                          budget_seconds=40, backend="local", stages=["fingerprint"], threads=1)
+                          budget_seconds=40, backend="local", stages=[stage], threads=1, fingerprint=True)
         seconds[name] = time.monotonic() - t0
         assert res.ok, (name, res.reason, res.stages[-1].log_tail[-2000:])
-        fps[name] = res.stages[0].metrics
+        metrics = res.stages[0].metrics
+        fps[name] = metrics["fingerprint"] if stage == "smoke" else metrics
+        assert isinstance(fps[name], dict), (name, metrics.get("fingerprint_error"))
         print(name, "step seconds", [round(float(x), 3) for x in fps[name]["step_seconds"]])  # type: ignore[union-attr]
-    print("fingerprint stage seconds (host clock, local sandbox):", {k: round(v, 1) for k, v in seconds.items()})
+    print("smoke + fingerprint seconds (host clock, local sandbox):", {k: round(v, 1) for k, v in seconds.items()})
     parent = fps["parent"]
     assert parent["steps"] == 5 and parent["stopped_by"] == "on_step" and parent["parameters"] > 0
+    assert compare(parent, fps["parent-alone"]).differed == []  # smoke before it changes nothing it records
 
     default = compare(parent, fps["default"])
     assert default.equal or (not default.differed and default.faster), default  # faster: load noise, see below
@@ -177,12 +181,15 @@ def test_main_command_ends_no_effect_and_duplicate_without_a_pair_and_judges_a_r
     assert ended["verdict"] == "no-effect", (ended["verdict"], ended["reason"])
     reason = str(ended["reason"])
     assert "did not change training" in reason and "TrainConfig.lr" in reason and "train.lr=0.003" in reason
-    assert [s["stage"] for s in ended["stages"]] == ["safety", "smoke", "fingerprint"]  # no trainability
+    assert [s["stage"] for s in ended["stages"]] == ["safety", "smoke"]  # no trainability, no pair
     assert "judgement" not in ended and "comparison" not in ended
     check = ended["no_effect_check"]
     assert check["verdict"] == "no-effect" and check["candidate_seconds"] > 0
-    print("no-effect check seconds: candidate", check["candidate_seconds"], "parent", check["parent_seconds"],
-          "(cached)" if check["parent_cached"] else "")
+    print("no-effect check: fingerprint inside smoke", check["candidate_seconds"], "s; smoke host seconds",
+          check["smoke_host_seconds"], "; parent's smoke + fingerprint", check["parent_seconds"], "s")
+    for pid in ("default-lr", "default-lr-again", "preset-beta2"):
+        r = result(pid)
+        print(pid, r["verdict"], {k: round(float(v), 1) for k, v in dict(r["timings"]).items()})
     run_dir = repo / ".hrm-evolve" / "runs" / run_id
     assert not [p for p in (run_dir / "candidates" / "default-lr").iterdir() if "seed" in p.name and p.name != "gates"]
 
