@@ -1,5 +1,6 @@
-"""What the no-effect check costs per candidate: the fingerprint stage through the real cascade, beside the
-smoke and trainability gates it sits between, on this checkout's hrm/ and a small sudoku4 split.
+"""What the no-effect check costs per candidate: the smoke gate with and without the fingerprint it carries
+(and the fingerprint as a stage of its own), beside the trainability gate it saves, through the real cascade
+on this checkout's hrm/ and a small sudoku4 split.
 
     python benchmarks/bench_no_effect.py [--backend local|docker|auto] [--repeats 3] [--threads 1]
 
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--budget-seconds", type=float, default=40.0)
-    parser.add_argument("--stages", default="smoke,fingerprint,trainability")
+    parser.add_argument("--stages", default="smoke,smoke+fingerprint,fingerprint,trainability")
     args = parser.parse_args()
     stages = args.stages.split(",")
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -44,22 +45,24 @@ def main() -> None:
         prints: list[dict[str, object]] = []
         for i in range(args.repeats):
             for stage in stages:
-                res = run_cascade(REPO, harness, data, tmp / f"out-{stage}-{i}", task="sudoku4", seeds=[0],
-                                  budget_seconds=args.budget_seconds, backend=args.backend, stages=[stage],
-                                  threads=args.threads)
+                name, carried = stage.split("+")[0], stage.endswith("+fingerprint")
+                res = run_cascade(REPO, harness, data, tmp / f"out-{name}-{carried}-{i}", task="sudoku4", seeds=[0],
+                                  budget_seconds=args.budget_seconds, backend=args.backend, stages=[name],
+                                  threads=args.threads, fingerprint=carried)
                 run = res.stages[0]
                 if not run.ok:
                     raise SystemExit(f"{stage} failed: {run.reason}")
                 times[stage].append(run.duration_s)
-                if stage == "fingerprint":
-                    inner.append(float(run.metrics["fingerprint_seconds"]))
-                    prints.append(run.metrics)
+                fp = run.metrics.get("fingerprint") if carried else run.metrics if name == "fingerprint" else None
+                if isinstance(fp, dict):
+                    inner.append(float(fp["fingerprint_seconds"]))
+                    prints.append(fp)
         for stage, values in times.items():
-            print(f"{stage:13s} host seconds: median {statistics.median(values):6.2f}  "
+            print(f"{stage:17s} host seconds: median {statistics.median(values):6.2f}  "
                   f"range {min(values):.2f}-{max(values):.2f}  (n={len(values)}, backend {args.backend}, "
                   f"{args.threads} thread(s))")
         if inner:
-            print(f"fingerprint inside the stage (trainer setup, 5 steps, reload, rollout): median "
+            print(f"fingerprint's own clock (trainer setup, 5 steps, reload, rollout): median "
                   f"{statistics.median(inner):.2f} s")
             same = all(compare(prints[0], p).differed == [] for p in prints[1:])
             print(f"repeats' fingerprints equal: {same}")

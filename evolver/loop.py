@@ -201,7 +201,7 @@ class EvolutionLoop:
             if result.get("failed_stage"):
                 verdict = f"{verdict} at {result['failed_stage']}: {str(result.get('reason', ''))[:120]}"
             elif verdict in (NO_EFFECT, DUPLICATE):  # why, so the next proposal does not repeat it
-                verdict = f"{verdict}: {str(result.get('reason', ''))[:400]}"
+                verdict = f"{verdict}: {str(result.get('reason', ''))[:600]}"
             score = (result.get("comparison") or {}).get("mean_gain")
             items.append(HistoryItem(pid, str(proposal.get("title", pid)), verdict,
                                      None if score is None else float(score)))

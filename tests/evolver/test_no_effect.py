@@ -60,7 +60,8 @@ def test_compare_matches_within_noise_and_names_what_differs() -> None:
 def test_preset_overrides_name_the_preset_value() -> None:
     edited = _fp(defaults={"TrainConfig": {"lr": 5e-4, "beta2": 0.95}, "ModelConfig": {"L_cycles": 3}})
     lines = preset_overrides(_fp(), edited)
-    assert any("TrainConfig.lr (0.0001 -> 0.0005)" in line and "train.lr=0.003" in line for line in lines), lines
+    assert any("TrainConfig.lr (0.0001 -> 0.0005)" in line and "overrides with train.lr=0.003" in line
+               for line in lines), lines
     assert any("ModelConfig.L_cycles (2 -> 3)" in line and "model.L_cycles=2" in line for line in lines), lines
 
 
