@@ -44,7 +44,7 @@ from typing import Any
 
 from evolver.cascade import CascadeResult
 from evolver.harness_copy import harness_digest
-from evolver.verdicts import VOID
+from evolver.verdicts import DUPLICATE, VOID
 
 PRE_STAGES = ("safety", "smoke")
 """The gates before the no-effect check (smoke records the fingerprint in the same process); trainability runs
@@ -387,7 +387,7 @@ class DuplicateIndex:
         for pid in ctx.store.ids():
             result = ctx.store.result(pid) or {}
             commit, parent = result.get("candidate_commit"), result.get("parent")
-            if not commit or not parent:
+            if not commit or not parent or result.get("verdict") == DUPLICATE:  # a repeat points at the original
                 continue
             tree = result.get("hrm_tree")
             patch = result.get("patch_digest")

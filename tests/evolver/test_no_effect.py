@@ -214,3 +214,45 @@ def test_main_command_ends_no_effect_and_duplicate_without_a_pair_and_judges_a_r
     assert hist.returncode == 0, hist.stderr
     verdicts = {r["proposal_id"]: r["verdict"] for r in json.loads(hist.stdout)}
     assert verdicts["default-lr"] == "no-effect" and verdicts["default-lr-again"] == "duplicate"
+
+
+# ------------------------------------------------------------------------------------------ duplicates, resumed
+
+
+def test_a_repeated_edit_ends_duplicate_and_a_resumed_run_still_knows_the_first(user_repo: Path,
+                                                                               tmp_path: Path) -> None:
+    """The real loop, git record and edit engine on the template repository; only the executor's job runner
+    is scripted (tests/evolver/test_cohort.py). A repeat of an earlier candidate's edit ends duplicate before any
+    job of its own; after a restart the run reads its earlier candidates back from the record."""
+    from evolver.loop import EvolutionLoop
+    from evolver.providers.offline import OfflineProvider
+    from evolver.settings import load_settings
+    from tests.evolver.test_cohort import Scripted, effect, entry, results, run_loop
+
+    same = effect("same", 0.0, "hrm/model.py")
+    state = tmp_path / "state"
+    loop, scripted = run_loop(user_repo, state, (entry("first", same), entry("again", same),
+                                                 entry("other", effect("other", 0.0, "hrm/config.py"))),
+                              cohort=1, workers=2)
+    out = results(loop)
+    assert out["first"]["verdict"] in ("rejected", "inconclusive") and out["first"].get("judgement")
+    assert out["again"]["verdict"] == "duplicate", out["again"]
+    assert out["again"]["duplicate_of"] == {"proposal_id": "first", "verdict": out["first"]["verdict"],
+                                            "same_tree": True}
+    assert "stages" not in out["again"] and not (loop.run_dir / "candidates" / "again").exists()
+    assert not [j for j in scripted.jobs if "again" in j.out_dir]  # no job of its own
+    assert out["other"]["verdict"] in ("rejected", "inconclusive")  # a different edit is judged
+    assert out["first"]["hrm_tree"] != out["other"]["hrm_tree"]
+
+    settings = load_settings(user_repo, environ={}, overrides={
+        "provider": "offline", "literature": "off", "state_dir": str(state), "seeds": [0, 1, 2], "cycles": 1,
+        "auto_apply": True, "backend": "local", "cohort": 1, "workers": 2})
+    resumed = EvolutionLoop(user_repo, settings, run_id=loop.run_id, harness_dir=state / "harness",
+                            provider=OfflineProvider(catalogue=(entry("third", same),), shuffle=False))
+    resumed.data_dir = lambda: state / "data"  # type: ignore[method-assign]
+    from evolver.executor import LocalExecutor
+
+    resumed.ctx.executor = LocalExecutor(2, run=Scripted(resumed.run_dir))
+    resumed.run()
+    third = resumed.store.result("third")
+    assert third is not None and third["verdict"] == "duplicate" and third["duplicate_of"]["proposal_id"] == "first"
