@@ -256,3 +256,21 @@ def test_a_repeated_edit_ends_duplicate_and_a_resumed_run_still_knows_the_first(
     resumed.run()
     third = resumed.store.result("third")
     assert third is not None and third["verdict"] == "duplicate" and third["duplicate_of"]["proposal_id"] == "first"
+
+
+@pytest.mark.usefixtures("require_local_sandbox")
+@pytest.mark.timeout(300)
+def test_a_failing_fingerprint_never_fails_smoke(run_data: Path, harness: Path, tmp_path: Path) -> None:
+    """A trainer that crashes at its first step: smoke (the harness's own forward/backward) still passes, the
+    fingerprint's failure is recorded for the host, which then ends nothing (the train stage will judge it)."""
+    tree = _tree(tmp_path / "crash", {"hrm/train.py": ("    loss_head = learner.loss_head\n",
+                                                       "    raise RuntimeError('trainer exploded')\n")})
+    res = run_cascade(tree, harness, run_data, tmp_path / "out", task="sudoku4", seeds=[0], budget_seconds=40,
+                      backend="local", stages=["smoke"], threads=1, fingerprint=True)
+    assert res.ok, res.reason
+    metrics = res.stages[0].metrics
+    assert "fingerprint" not in metrics and "trainer exploded" in metrics["fingerprint_error"]
+    from evolver.no_effect import _fingerprint_of
+
+    fp, why = _fingerprint_of(res)
+    assert fp is None and "trainer exploded" in why
