@@ -156,7 +156,8 @@ def compare(parent: Mapping[str, Any] | None, candidate: Mapping[str, Any] | Non
 
 def preset_overrides(parent: Mapping[str, Any], candidate: Mapping[str, Any]) -> list[str]:
     """For each config default the candidate changed whose field the task preset sets itself (the resolved
-    preset is unchanged), a sentence naming the preset value that overrides the edit."""
+    preset is unchanged), a sentence naming the preset value that overrides the edit; and one naming the other
+    presets the edit changed, when it changed those and not the task's."""
     out: list[str] = []
     task = candidate.get("task") or (candidate.get("config") or {}).get("task", "the task")
     pdefs, cdefs = parent.get("defaults") or {}, candidate.get("defaults") or {}
@@ -171,6 +172,12 @@ def preset_overrides(parent: Mapping[str, Any], candidate: Mapping[str, Any]) ->
                 continue
             out.append(f"the edit changes the default {cls}.{name} ({before.get(name)!r} -> {after.get(name)!r}), "
                        f"which the {task} preset overrides with {section}.{name}={resolved[name]!r}")
+    others_before, others_after = parent.get("other_presets"), candidate.get("other_presets")
+    if isinstance(others_before, dict) and isinstance(others_after, dict):
+        changed = sorted(n for n in set(others_before) | set(others_after)
+                         if n != "error" and others_before.get(n) != others_after.get(n))
+        if changed:
+            out.append(f"the edit changes the preset(s) {', '.join(changed)}, not {task}'s, which this run trains")
     return out
 
 
@@ -303,6 +310,9 @@ def run_gates(ctx: Any, tree: Path, out: Path, gate_stages: Sequence[str], chang
     fp, why = _fingerprint_of(first)
     fp_seconds = _fingerprint_seconds(first)
     gate_failed = not first.ok
+    if gate_failed:  # the parent's fingerprint goes on in the background and is cached for the next candidate
+        record["no_effect_check"] = {"skipped": f"the {first.failed_stage} gate failed"}
+        return first, None
     try:
         parent_fp, parent_why, cached, parent_seconds = future.result()
     except Exception as exc:  # the check only ever ends a candidate; its own trouble ends nothing
@@ -312,9 +322,6 @@ def run_gates(ctx: Any, tree: Path, out: Path, gate_stages: Sequence[str], chang
                              "parent_cached": cached,
                              "parent_seconds": 0.0 if cached else round(parent_seconds, 3)}
     record["no_effect_check"] = check
-    if gate_failed:
-        check["skipped"] = f"the {first.failed_stage} gate failed"
-        return first, None
     if fp is None or parent_fp is None:
         check["unusable"] = why or parent_why
         match = None
@@ -322,7 +329,6 @@ def run_gates(ctx: Any, tree: Path, out: Path, gate_stages: Sequence[str], chang
         match = compare(parent_fp, fp)
         check.update(match.to_dict())
     if match is not None and match.equal:
-        first.ok, first.failed_stage, first.failed_seed, first.reason = True, None, None, ""
         ended = NoEffect(no_effect_reason(match, parent_fp or {}, fp or {}, parent), match, parent, cached,
                          fp_seconds)
         check["verdict"] = "no-effect"

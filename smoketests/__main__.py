@@ -103,8 +103,8 @@ def _smoke_and_fingerprint(module: Any, fingerprint: Any, args: argparse.Namespa
     stage of its own). A fingerprint that fails is recorded as fingerprint_error: it never fails smoke."""
     metrics = dict(module.run_smoke(args.data, args.task, args.seed) or {})
     try:
-        metrics["fingerprint"] = fingerprint.run_fingerprint(args.data, args.out, args.task, args.seed, args.budget_seconds,
-                                                 segments=args.segments)
+        metrics["fingerprint"] = fingerprint.run_fingerprint(args.data, args.out, args.task, args.seed,
+                                                             args.budget_seconds, segments=args.segments)
     except KeyboardInterrupt:
         raise
     except StageFailure as failure:

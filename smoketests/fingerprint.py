@@ -4,7 +4,8 @@ with its parent's (evolver/no_effect.py decides; nothing here judges).
 It records, all from the candidate's own `hrm`:
 
 - ``config``: the task preset as resolved (`hrm.presets.get_preset(task).to_dict()`), and ``defaults``: the
-  ModelConfig/TrainConfig defaults (so the host can name a preset value that overrides an edited default);
+  ModelConfig/TrainConfig defaults (so the host can name a preset value that overrides an edited default),
+  ``other_presets``: the other presets resolved (so it can say an edit changed only those);
 - ``trainer_config``: the run configuration the candidate's trainer stored in its checkpoint (its own
   resolution of the preset, the budget, the seed and the data's shape);
 - ``losses`` and ``lrs``: the first FINGERPRINT_STEPS training steps of the candidate's own trainer
@@ -27,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,18 @@ def _defaults() -> dict[str, Any]:
     return out
 
 
+def _other_presets(task: str) -> dict[str, Any]:
+    """Every other preset of the candidate's registry, resolved (not compared: only named in a no-effect reason
+    when the edit changed them and not the task's)."""
+    try:
+        from hrm import presets
+
+        names = [n for n in getattr(presets, "PRESETS", ()) if n != task]
+        return {n: _plain(presets.get_preset(n).to_dict()) for n in names}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def _lr_probe(run: Any, budget_seconds: float) -> list[Any]:
     """The candidate's schedule factor at LR_PROBE_STEPS, as a budget-only run at a fixed pace would see it."""
     try:
@@ -86,7 +100,8 @@ def run_fingerprint(data_dir: Path, out_dir: Path, task: str, seed: int, budget_
     preset = get_preset(task)
     metrics: dict[str, Any] = {"task": task, "seed": int(seed), "steps_planned": int(steps), "device": str(device),
                                "config": _plain(preset.to_dict()), "defaults": _defaults(),
-                               "lr_probe": _lr_probe(preset, float(budget_seconds))}
+                               "lr_probe": _lr_probe(preset, float(budget_seconds)),
+                               "other_presets": _other_presets(task)}
 
     run = get_preset(task)
     run.train.eval_interval_steps = None  # as the train stage: no evaluation while training
@@ -145,6 +160,7 @@ def run_fingerprint(data_dir: Path, out_dir: Path, task: str, seed: int, budget_
     metrics["logits_stats"] = [float(flat.sum()), float(flat.abs().sum()), float(flat.pow(2).sum()),
                                float(flat.max()), float(flat.min())]
     metrics["segments"] = segments
+    shutil.rmtree(train_dir, ignore_errors=True)  # its checkpoint is read: nothing there goes back to the host
     metrics["fingerprint_seconds"] = time.perf_counter() - started
     if not all(isinstance(x, float) and np.isfinite(x) for x in metrics["losses"]):
         raise StageFailure(f"non-finite losses in the first steps: {metrics['losses']}", metrics)

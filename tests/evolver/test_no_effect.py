@@ -59,7 +59,8 @@ def test_compare_matches_within_noise_and_names_what_differs() -> None:
 
 def test_preset_overrides_name_the_preset_value() -> None:
     edited = _fp(defaults={"TrainConfig": {"lr": 5e-4, "beta2": 0.95}, "ModelConfig": {"L_cycles": 3}})
-    lines = preset_overrides(_fp(), edited)
+    lines = preset_overrides(_fp(other_presets={"maze": {"lr": 1}}), {**edited, "other_presets": {"maze": {"lr": 2}}})
+    assert any("changes the preset(s) maze, not sudoku4's" in line for line in lines), lines
     assert any("TrainConfig.lr (0.0001 -> 0.0005)" in line and "overrides with train.lr=0.003" in line
                for line in lines), lines
     assert any("ModelConfig.L_cycles (2 -> 3)" in line and "model.L_cycles=2" in line for line in lines), lines
@@ -97,6 +98,9 @@ def test_fingerprint_stage_tells_edits_without_effect_from_real_changes(run_data
         # a comment-equivalent rewrite of the trainer
         "comment": _tree(tmp_path / "comment", {"hrm/train.py": ("    loss_head = learner.loss_head\n",
                                                                  "    loss_head = learner.loss_head  # the ACT head\n")}),
+        # the GPU presets' depth (the offline catalogue's trm-two-layers): the CPU preset is already 2+2
+        "gpu-preset": _tree(tmp_path / "gpu-preset", {"hrm/presets.py": ("        H_layers=4,\n        L_layers=4,\n",
+                                                                         "        H_layers=2,\n        L_layers=2,\n")}),
         # a real change: another learning rate in the preset
         "preset-lr": _tree(tmp_path / "preset-lr", {"hrm/presets.py": ("lr: float = 3e-3", "lr: float = 2e-3")}),
     }
@@ -123,6 +127,10 @@ def test_fingerprint_stage_tells_edits_without_effect_from_real_changes(run_data
     assert any("TrainConfig.lr" in line and "train.lr=0.003" in line for line in preset_overrides(parent, fps["default"]))
     comment = compare(parent, fps["comment"])
     assert comment.equal or (not comment.differed and comment.faster), comment
+    gpu = compare(parent, fps["gpu-preset"])
+    assert gpu.equal or (not gpu.differed and gpu.faster), gpu
+    assert any("sudoku-extreme-gpu" in line and "not sudoku4's" in line
+               for line in preset_overrides(parent, fps["gpu-preset"]))
     real = compare(parent, fps["preset-lr"])
     assert not real.equal and {"config", "trainer_config", "lrs", "losses", "logits_head"} <= set(real.differed), real
 
