@@ -3,7 +3,7 @@
 For each commit, a fresh clone of this repository at that commit runs the real loop (EvolutionLoop: the real
 offline catalogue, real libcst edits, the real git record and store, selection, confirmation, error control,
 merges) with every stage job answered by a scripted runner instead of a sandbox: gates pass (a candidate whose
-tree hashes into the failing tenth fails its smoke stage), and a train+evaluate job scores
+tree hashes into the failing fifth fails its smoke stage), and a train+evaluate job scores
 ``0.6 + seed noise + side noise + effect(tree)``, the effect a fixed function of the candidate's hrm/ contents.
 So every number the engine sees is a function of the code under judgement, never of timing, and two commits
 whose engines behave the same write the same records.
@@ -63,14 +63,14 @@ def tree_hash(tree):
 
 def effect(tree):
     h = tree_hash(tree)
-    return (h[0] / 255.0) * 0.16 - 0.06  # -0.06 .. +0.10
+    return (h[0] / 255.0) * 0.3 - 0.1  # -0.10 .. +0.20
 
 
 def run(job, slot, progress):
     stages = list(job.options["stages"])
     h = tree_hash(job.tree)
     if "train" not in stages:
-        fails = job.side == "candidate" and h[1] < 26 and "smoke" in stages
+        fails = job.side == "candidate" and h[1] < 51 and "smoke" in stages
         runs = []
         for stage in stages:
             bad = fails and stage == "smoke"
@@ -113,7 +113,7 @@ for pid in store.ids():
     out["proposals"][pid] = store.proposal(pid)
     out["diffs"][pid] = store.read_text(pid, "diff.patch")
 best = f"evolve/{ctx.run_id}/best"
-out["best_log"] = subprocess.run(["git", "log", "--first-parent", "--format=%s%n%b%n--", best], cwd=repo,
+out["best_log"] = subprocess.run(["git", "log", "--first-parent", "--format=%s%n%b%n--", f"main..{best}"], cwd=repo,
                                  capture_output=True, text=True, check=True).stdout
 print(json.dumps(out, sort_keys=True, default=str))
 '''

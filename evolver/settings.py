@@ -118,6 +118,9 @@ class Settings:
     allowed_paths: list[str] = setting(help="the paths a proposal may edit", factory=lambda: ["hrm/"], flag=None)
     literature: str = setting("auto", "recent papers for the request: auto (arXiv, the snapshot when "
                                       "unreachable), snapshot, or off", choices=("auto", "snapshot", "off"))
+    no_effect_check: bool = setting(True, "end a candidate whose fingerprint after smoke (config, parameters, first "
+                                          "losses, logits) equals its parent's as no-effect, before trainability and "
+                                          "any seed pair")
     protocol: str = setting("auto", "how a proposal is asked for: direct (one request), look-then-edit (a first "
                                     "request names the idea and the definitions to read, a second gets their "
                                     "source and writes the edits), auto (look-then-edit when the core "

@@ -14,6 +14,8 @@ FAILED = "failed"
 INVALID = "invalid"
 CONFLICT = "conflict"
 SCREENED_OUT = "screened-out"
+NO_EFFECT = "no-effect"
+DUPLICATE = "duplicate"
 
 PASSED = "passed"
 """Not a candidate verdict: the judgement of a candidate that passed selection and confirmation. It then merges
@@ -31,6 +33,10 @@ MEANING: dict[str, str] = {
     INVALID: "the reply or its edits could not become a candidate (schema, edit target, path policy)",
     CONFLICT: "approved in review but no longer merges into the best branch",
     SCREENED_OUT: "ranked below the kept fraction of its batch by the short-budget screen (--screen); not judged",
+    NO_EFFECT: "its configuration, parameter count, first training losses and logits equal its parent's: the edit "
+               "did not change training; ended after smoke, before any seed pair (evolver/run/no_effect.py)",
+    DUPLICATE: "the same hrm/ tree, or the same patch against the same parent, as an earlier candidate of the run; "
+               "ended before its gates",
 }
 
 STYLE: dict[str, str] = {
@@ -44,6 +50,8 @@ STYLE: dict[str, str] = {
     INVALID: "magenta",
     CONFLICT: "red",
     SCREENED_OUT: "grey50",
+    NO_EFFECT: "grey50",
+    DUPLICATE: "grey50",
     "running": "cyan",
     "pending": "yellow",
 }

@@ -23,10 +23,11 @@ from typing import Any
 
 from smoketests.result import StageFailure, StageResult, describe_exception, write_result
 
-STAGES: tuple[str, ...] = ("safety", "smoke", "trainability", "train", "evaluate")
+STAGES: tuple[str, ...] = ("safety", "smoke", "fingerprint", "trainability", "train", "evaluate")
 STAGE_MODULES = {
     "safety": "smoketests.safety",
     "smoke": "smoketests.smoke",
+    "fingerprint": "smoketests.fingerprint",
     "trainability": "smoketests.trainability",
     "train": "smoketests.train_stage",
     "evaluate": "smoketests.evaluate_stage",
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ACT segments the evaluate stage runs (fixed by the host; default: the model's own)")
     parser.add_argument("--steps", type=int, default=None, help="trainability steps (default 100)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: $HRM_THREADS)")
+    parser.add_argument("--fingerprint", action="store_true",
+                        help="smoke: also record the fingerprint (smoketests/fingerprint.py) under metrics.fingerprint")
     return parser
 
 
@@ -77,15 +80,38 @@ def _stage_runner(args: argparse.Namespace) -> Callable[[], dict[str, Any]]:
     module = importlib.import_module(STAGE_MODULES[args.stage])  # harness code, imported before the candidate
     if args.stage == "safety":
         return lambda: module.run_safety(args.repo, args.manifest)
+    # harness code, imported before the candidate is on sys.path
+    fingerprint = importlib.import_module("smoketests.fingerprint") if args.fingerprint else None
     _set_threads(args.threads)
     _use_candidate(args.repo)
+    if args.stage == "smoke" and fingerprint is not None:
+        return lambda: _smoke_and_fingerprint(module, fingerprint, args)
     if args.stage == "smoke":
         return lambda: module.run_smoke(args.data, args.task, args.seed)
+    if args.stage == "fingerprint":
+        return lambda: module.run_fingerprint(args.data, args.out, args.task, args.seed, args.budget_seconds,
+                                              segments=args.segments)
     if args.stage == "trainability":
         return lambda: module.run_trainability(args.data, args.task, args.seed, steps=args.steps or 100)
     if args.stage == "train":
         return lambda: module.run_train(args.data, args.out, args.task, args.seed, args.budget_seconds)
     return lambda: module.run_evaluate(args.data, args.out, args.checkpoint, args.seed, segments=args.segments)
+
+
+def _smoke_and_fingerprint(module: Any, fingerprint: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The smoke stage, then in the same process the fingerprint (one interpreter and torch start fewer than a
+    stage of its own). A fingerprint that fails is recorded as fingerprint_error: it never fails smoke."""
+    metrics = dict(module.run_smoke(args.data, args.task, args.seed) or {})
+    try:
+        metrics["fingerprint"] = fingerprint.run_fingerprint(args.data, args.out, args.task, args.seed,
+                                                             args.budget_seconds, segments=args.segments)
+    except KeyboardInterrupt:
+        raise
+    except StageFailure as failure:
+        metrics["fingerprint_error"] = failure.reason[:4000]
+    except BaseException as exc:  # candidate code may raise anything, SystemExit included
+        metrics["fingerprint_error"] = describe_exception(exc)[:4000]
+    return metrics
 
 
 def run_stage(args: argparse.Namespace) -> StageResult:

@@ -45,7 +45,9 @@ from puzzles.tasks import TaskSpec, get_task
 from sandbox import Backend, Mount, SandboxResult, SandboxSpec, get_backend
 from sandbox.readback import UnsafeOutput, audit_tree, copy_out, read_array, read_json
 
-ALL_STAGES: tuple[str, ...] = ("safety", "smoke", "trainability", "train", "evaluate")
+ALL_STAGES: tuple[str, ...] = ("safety", "smoke", "fingerprint", "trainability", "train", "evaluate")
+DEFAULT_STAGES: tuple[str, ...] = ("safety", "smoke", "trainability", "train", "evaluate")
+"""What run_cascade runs unless told: every stage but the fingerprint (evolver/run/no_effect.py asks for that one)."""
 PER_SEED_STAGES = ("train", "evaluate")
 EARLY_STOP = "early-stop"
 """The failed_stage of a train stage the host stopped early (its learning curve was clearly below its
@@ -54,7 +56,8 @@ CANCELLED = "cancelled"
 """The failed_stage of a job the host cancelled because the run is stopping (Ctrl-C): its running stage was
 killed and no later one started. Nothing judges it: the run records nothing more (evolver/run/loop.py)."""
 CANCEL_REASON = "cancelled: the run is stopping"
-DEFAULT_TIMEOUTS: dict[str, float] = {"safety": 60.0, "smoke": 180.0, "trainability": 300.0, "evaluate": 600.0}
+DEFAULT_TIMEOUTS: dict[str, float] = {"safety": 60.0, "smoke": 180.0, "fingerprint": 180.0, "trainability": 300.0,
+                                      "evaluate": 600.0}
 SETUP_ALLOWANCE_S = 30.0
 """Host-measured seconds a train stage may spend beyond its budget: interpreter and torch start-up, data
 loading, model building and the final checkpoint. A trainer that trains past its budget by any clock of
@@ -281,7 +284,7 @@ def run_cascade(
     seeds: Sequence[int],
     budget_seconds: float,
     backend: Backend | str = "auto",
-    stages: Sequence[str] = ALL_STAGES,
+    stages: Sequence[str] = DEFAULT_STAGES,
     timeouts: dict[str, float] | None = None,
     manifest: Path | None = None,
     progress: Progress | None = None,
@@ -298,12 +301,16 @@ def run_cascade(
     eval_cap_s: float | None = None,
     stop: threading.Event | None = None,
     cancel: threading.Event | None = None,
+    fingerprint: bool = False,
 ) -> CascadeResult:
     """Run the requested stages in order (train + evaluate per seed), stopping at the first failure.
 
     ``candidate_dir`` is a tree holding the candidate's ``hrm/`` (only that package is copied into the
     sandbox); ``harness_dir`` the pristine harness copy; ``data_dir`` the host-only run data with
     ``train`` and the held-out splits, of which ``heldout_split`` is scored.
+
+    ``fingerprint``: the smoke stage also records the fingerprint the no-effect check compares
+    (evolver/run/no_effect.py), under its metrics' ``fingerprint``.
 
     ``stop``: the host's early stop of the train stage (evolver/judge/early_stop.py). ``cancel``: set when the run
     is stopping: the running stage is killed and no other starts (the result fails at CANCELLED). A train
@@ -387,6 +394,8 @@ def run_cascade(
             command += ["--checkpoint", "/train/checkpoint.pt", "--segments", str(spec_task.eval_segments)]
         else:
             mounts.append(Mount(train_data, "/data"))
+        if stage == "fingerprint" or (stage == "smoke" and fingerprint):  # its rollout runs the task's segments
+            command += ["--segments", str(spec_task.eval_segments)] + (["--fingerprint"] if stage == "smoke" else [])
         if stage == "trainability" and trainability_steps:
             command += ["--steps", str(trainability_steps)]
         spec = SandboxSpec(

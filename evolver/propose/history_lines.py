@@ -15,9 +15,11 @@ from typing import Any
 
 from evolver.intervals import t_interval
 from evolver.propose.prompt import HistoryItem
+from evolver.verdicts import DUPLICATE, NO_EFFECT
 
 IDEA_CHARS = 200
 ERROR_LINES = 4
+ENDED_REASON_CHARS = 600  # a no-effect or duplicate ending says which value overrode the edit, or which twin
 ERROR_LINE_CHARS = 200
 
 
@@ -78,6 +80,8 @@ def history_item(pid: str, proposal: dict[str, Any], result: dict[str, Any]) -> 
     failed = result.get("failed_stage")
     if failed:
         verdict = f"{verdict} at {failed}"
+    elif verdict in (NO_EFFECT, DUPLICATE):  # why, so the next proposal does not repeat it
+        verdict = f"{verdict}: {_short(str(result.get('reason', '')), ENDED_REASON_CHARS)}"
     comparison = result.get("comparison") or {}
     gains = [g for g in (comparison.get("gains") or []) if isinstance(g, (int, float))]
     mean = comparison.get("mean_gain")

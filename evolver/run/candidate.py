@@ -30,9 +30,10 @@ from evolver.judge.screening import ScreenBatches, screen_budget
 from evolver.record.git_record import Candidate, MergeConflict
 from evolver.record.merge_message import merge_message, merge_trailers
 from evolver.run.context import RunContext
+from evolver.run.no_effect import check_duplicate, index_of, run_gates
 from evolver.run.sides import ExecutorSides
 from evolver.run.state import Baseline, CycleOutcome, utc_now
-from evolver.verdicts import PASSED, SCREENED_OUT
+from evolver.verdicts import DUPLICATE, NO_EFFECT, PASSED, SCREENED_OUT
 from proposals.schema import Proposal
 
 GATE_STAGES = ("safety", "smoke", "trainability")
@@ -101,6 +102,12 @@ class CandidateEvaluator:
         timings["patch"] = time.monotonic() - t0
         result.update(candidate_commit=sha, parent=cand.parent, branch=cand.branch,
                       edits=[getattr(a, "__dict__", str(a)) for a in applied])
+        with ctx.lock:  # a repeat of an earlier candidate of the run ends here, before any gate (no_effect.py)
+            duplicate = check_duplicate(ctx, pid, sha, cand.parent, diff, result)
+            if duplicate is not None:
+                ctx.record.record_result(cand, DUPLICATE, reason=duplicate)
+                ctx.record.remove_candidate(cand)
+                return self.finish(result, DUPLICATE, None, duplicate, timings)
         return cand, result, timings
 
     def run_committed(self, cand: Candidate, proposal: Proposal, result: dict[str, Any],
@@ -120,12 +127,17 @@ class CandidateEvaluator:
         assert baseline is not None
         changed = sorted({e.file for e in proposal.edits})
         out = ctx.run_dir / "candidates" / pid
-        gates = ctx.cascade(cand.path, out / "gates", GATE_STAGES, changed, cand.parent)
+        gates, no_effect = run_gates(ctx, cand.path, out / "gates", GATE_STAGES, changed, cand.parent, result)
         result["stages"] = gates.to_dict()["stages"]
         for run in gates.stages:
             timings[run.stage] = timings.get(run.stage, 0.0) + float(run.duration_s)
         current = [cand]  # the candidate as it is now (a rebase replaces it)
         try:
+            if no_effect is not None:  # its fingerprint equals its parent's: no pair could tell them apart
+                result["no_effect"] = no_effect.to_dict()
+                with ctx.lock:
+                    ctx.record.record_result(cand, NO_EFFECT, reason=no_effect.reason)
+                    return self.finish(result, NO_EFFECT, None, no_effect.reason, timings)
             if not gates.ok:
                 with ctx.lock:
                     ctx.record.record_result(cand, f"failed:{gates.failed_stage}", reason=gates.reason)
@@ -352,6 +364,7 @@ class CandidateEvaluator:
                       finished=utc_now())
         result["non_training_share"] = _non_training_share(timings)
         ctx.store.save_result(result["proposal_id"], result)
+        index_of(ctx).settle(result["proposal_id"], verdict)
         score = comp.get("score") if comp else None
         delta = comp.get("delta") if comp else None
         outcome = CycleOutcome(result["proposal_id"], verdict, reason, score, delta, timings)

@@ -267,7 +267,7 @@ class RunContext:
     # ------------------------------------------------------------------ a lone cascade
     def cascade(self, worktree: Path, out: Path, stages: tuple[str, ...], changed: list[str],
                 parent: str, eval_cap_s: float | None = None, *, side: str = "candidate",
-                phase: str = "gates") -> CascadeResult:
+                phase: str = "gates", fingerprint: bool = False) -> CascadeResult:
         """Run `stages` of the cascade on one tree (the baseline, a candidate's gates) through the run's
         executor, and save cascade.json. Per-seed stages run one job per seed of the run (at once, as the
         workers allow, each in out/seed<seed>/); the gates are one job on the first seed."""
@@ -280,6 +280,9 @@ class RunContext:
         seeds = list(s.seeds) if any(st in PER_SEED_STAGES for st in stages) else list(s.seeds[:1])
         jobs = [self.stage_job(worktree, out / f"seed{seed}" if len(seeds) > 1 else out, stages, seed, side=side,
                                phase=phase, manifest=manifest, eval_cap_s=eval_cap_s) for seed in seeds]
+        for job in jobs:
+            if fingerprint:  # the smoke stage also records the no-effect check's fingerprint (evolver/run/no_effect.py)
+                job.options["fingerprint"] = True
         outcomes = [f.result() for f in [self.submit_job(job) for job in jobs]]
         result = combine_results(outcomes, s.task, seeds)
         result.save(out / "cascade.json")

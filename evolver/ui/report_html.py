@@ -88,7 +88,7 @@ def verdict_class(verdict: str) -> str:
         return "bad"
     if v.startswith("failed"):
         return "failed"
-    if v in ("inconclusive", "void"):
+    if v in ("inconclusive", "void", "no-effect", "duplicate"):
         return "grey"
     if v == "invalid":
         return "invalid"
@@ -609,7 +609,7 @@ def verdict_html(c: CandidateView) -> str:
     return f'<table class="kv">{body}</table>'
 
 
-STAGE_ORDER = ("llm", "patch", "safety", "smoke", "trainability", "train", "evaluate", "parent-train",
+STAGE_ORDER = ("llm", "patch", "safety", "smoke", "fingerprint", "trainability", "train", "evaluate", "parent-train",
                "parent-evaluate")
 
 

@@ -61,7 +61,10 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         meta = f.metadata
         help_text = meta.get("help", "")
         if value_type(f.name) is bool:
-            action = "store_false" if meta.get("negate") else "store_true"
+            # a flag that turns its setting off (--serial-pairs); on by default: --x and --no-x; else --x turns it on
+            on_by_default = f.default is True
+            action: Any = ("store_false" if meta.get("negate")
+                           else argparse.BooleanOptionalAction if on_by_default else "store_true")
             parser.add_argument(flag, action=action, default=None, dest=f.name,
                                 help=f"{help_text} ({ENV_PREFIX}{f.name.upper()})")
             continue
