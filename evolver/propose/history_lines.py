@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from evolver.candidate_result import CandidateResult
 from evolver.intervals import t_interval
 from evolver.propose.prompt import HistoryItem
 from evolver.verdicts import DUPLICATE, NO_EFFECT
@@ -35,22 +36,22 @@ def _short(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3].rstrip() + "..."
 
 
-def _failed_log(result: dict[str, Any]) -> list[str]:
+def _failed_log(result: CandidateResult) -> list[str]:
     """The non-empty lines of the failed stage's log tail (the sandbox's stdout/stderr), when the result has it."""
-    failed = result.get("failed_stage")
-    for stage in reversed(result.get("stages") or []):
+    failed = result.failed_stage
+    for stage in reversed(result.stages or []):
         if isinstance(stage, dict) and stage.get("stage") == failed and not stage.get("ok", False):
             return [ln.rstrip() for ln in str(stage.get("log_tail") or "").splitlines() if ln.strip()]
     return []
 
 
-def error_tail(result: dict[str, Any], lines: int = ERROR_LINES) -> str:
+def error_tail(result: CandidateResult, lines: int = ERROR_LINES) -> str:
     """The last lines of a failure's error: the edit errors of an invalid patch, else the stage's reason and
     then the last lines of its log (where a traceback ends), at most `lines` in all."""
     parts: list[str] = []
-    for e in result.get("edit_errors") or []:
+    for e in result.edit_errors or []:
         parts.extend(str(e).splitlines())
-    parts.extend(str(result.get("reason") or "").splitlines())
+    parts.extend(str(result.reason or "").splitlines())
     kept = [ln.rstrip() for ln in parts if ln.strip()]
     log = [ln for ln in _failed_log(result) if ln.strip() not in {k.strip() for k in kept}]
     log_part = log[-(lines - 1):] if kept else log[-lines:]  # the reason keeps at least its last line
@@ -74,15 +75,20 @@ def edited(proposal: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(files), tuple(symbols)
 
 
-def history_item(pid: str, proposal: dict[str, Any], result: dict[str, Any]) -> HistoryItem:
-    """One earlier attempt, as the request shows it."""
-    verdict = str(result.get("verdict", "unfinished"))
-    failed = result.get("failed_stage")
+def history_item(pid: str, proposal: dict[str, Any],
+                 result: CandidateResult | Mapping[str, Any] | None) -> HistoryItem:
+    """One earlier attempt, as the request shows it (``result``: its result.json; None or empty while it has
+    none)."""
+    if not isinstance(result, CandidateResult):
+        result = CandidateResult.of(result, where=f"the result of {pid}") if result else CandidateResult(
+            verdict="unfinished")
+    verdict = result.verdict
+    failed = result.failed_stage
     if failed:
         verdict = f"{verdict} at {failed}"
     elif verdict in (NO_EFFECT, DUPLICATE):  # why, so the next proposal does not repeat it
-        verdict = f"{verdict}: {_short(str(result.get('reason', '')), ENDED_REASON_CHARS)}"
-    comparison = result.get("comparison") or {}
+        verdict = f"{verdict}: {_short(str(result.reason or ''), ENDED_REASON_CHARS)}"
+    comparison = result.comparison or {}
     gains = [g for g in (comparison.get("gains") or []) if isinstance(g, (int, float))]
     mean = comparison.get("mean_gain")
     if mean is None and gains:

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from evolver.candidate_result import CandidateResult
 from evolver.record.git_record import EvolutionRecord, check_name
 
 PROPOSAL_FILE = "proposal.json"
@@ -103,8 +104,11 @@ class ProposalStore:
     def save_diff(self, proposal_id: str, diff: str) -> str | None:
         return self.write(proposal_id, {DIFF_FILE: diff})
 
-    def save_result(self, proposal_id: str, result: Mapping[str, Any]) -> str | None:
-        return self.write(proposal_id, {RESULT_FILE: result})
+    def save_result(self, proposal_id: str, result: CandidateResult | Mapping[str, Any]) -> str | None:
+        """Store result.json, validated as a `CandidateResult` first (a malformed result is refused whole)."""
+        checked = result if isinstance(result, CandidateResult) else CandidateResult.of(
+            result, where=f"the result of {proposal_id}")
+        return self.write(proposal_id, {RESULT_FILE: checked.to_json()})
 
     # ----------------------------------------------------------------- reading
     def read_text(self, proposal_id: str, name: str) -> str | None:
@@ -131,6 +135,12 @@ class ProposalStore:
 
     def result(self, proposal_id: str) -> dict[str, Any] | None:
         return self.read_json(proposal_id, RESULT_FILE)
+
+    def candidate_result(self, proposal_id: str) -> CandidateResult | None:
+        """The stored result.json as a `CandidateResult` (None when there is none; ValueError when it is not
+        one)."""
+        data = self.result(proposal_id)
+        return None if data is None else CandidateResult.of(data, where=f"{self.rel_dir(proposal_id)}/{RESULT_FILE}")
 
     def files(self, proposal_id: str) -> list[str]:
         return self.record.list_record_dir(self.rel_dir(proposal_id))

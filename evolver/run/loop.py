@@ -92,7 +92,7 @@ class EvolutionLoop:
 
     # ------------------------------------------------------------------ proposing
     def _history(self) -> list[HistoryItem]:
-        return [history_item(pid, self.ctx.store.proposal(pid) or {}, self.ctx.store.result(pid) or {})
+        return [history_item(pid, self.ctx.store.proposal(pid) or {}, self.ctx.store.candidate_result(pid))
                 for pid in self.ctx.store.ids()]
 
     def _unique_id(self, pid: str) -> str:

@@ -24,7 +24,7 @@ PENDING = "pending-review"
 
 
 def pending_ids(store: ProposalStore) -> list[str]:
-    return [pid for pid in store.ids() if (store.result(pid) or {}).get("verdict") == PENDING]
+    return [pid for pid in store.ids() if (r := store.candidate_result(pid)) is not None and r.verdict == PENDING]
 
 
 def _scores(result: dict[str, Any]) -> dict[str, float]:
