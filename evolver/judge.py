@@ -138,6 +138,9 @@ class CandidateJudge:
     its level (a cohort waits there for its turn); it returns True when the pairs now measure a new parent
     (a rebased candidate), whose own throughput then becomes the reference."""
 
+    conditions = staticmethod(pair_conditions)
+    """The side-by-side condition check (benchmarks/bench_promotion.py swaps in ablations of it)."""
+
     def __init__(self, measure: MeasureSide, *, selection: SelectionRule, confirmation: ConfirmationRule,
                  control: RunErrorControl, first_seeds: list[int], side_by_side: bool = True,
                  tolerance: float = THROUGHPUT_TOLERANCE, reference_rate: float | None = None,
@@ -209,7 +212,7 @@ class CandidateJudge:
         settled, self.pending = self.pending, []
         where = {id(p): i for i, p in enumerate(self.history)}
         for pair in settled:
-            ok, why = pair_conditions(parents, cands, where[id(pair)], self.guard.tolerance)
+            ok, why = self.conditions(parents, cands, where[id(pair)], self.guard.tolerance)
             if not ok:
                 pair.void, pair.void_reason = True, why
             if self.on_pair:
