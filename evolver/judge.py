@@ -268,6 +268,7 @@ class CandidateJudge:
             pairs.append(pair)
             failed = self._failure(pair, parent, cand, pairs, rule_text)
             if failed:
+                self.settle(force=True)  # the pairs before it are recorded with their conditions judged
                 return failed
             self.settle()
             void = self._too_many_voids(pairs, decision, rule_text, "the machine is too unsteady to judge this "

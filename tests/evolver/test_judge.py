@@ -245,3 +245,10 @@ def test_the_first_pairs_are_reported_once_their_conditions_are_judged() -> None
               on_pair=lambda p: seen.append((p.seed, p.void))).judge()
     assert seen[:3] == [(0, True), (1, False), (2, False)]  # reported together, after the third pair
     assert len(seen) == len(j.pairs)
+
+
+def test_pairs_before_a_failure_are_reported_with_their_conditions_judged() -> None:
+    seen: list[int] = []
+    measure, _ = scripted(effect=0.15, fail_seed=1)
+    j = judge(measure, on_pair=lambda p: seen.append(p.seed)).judge()
+    assert j.verdict == "failed" and sorted(seen) == [0, 1]
