@@ -14,6 +14,7 @@ import pytest
 
 from sandbox import SandboxSpec, SandboxUnavailable, get_backend
 from sandbox.docker_backend import DockerBackend
+from sandbox.doctor import doctor
 from sandbox.image import _client, build_command, first_use_obstacle, image_exists
 from tests.availability import skip_or_fail
 
@@ -98,3 +99,13 @@ def test_a_missing_image_is_built_on_first_use_and_runs(fresh_tag: str, tmp_path
     again: list[str] = []
     assert isinstance(get_backend("auto", image=fresh_tag, build=again.append), DockerBackend) and not again
     assert os.environ["HRM_EVOLVE_CACHE"] == str(tmp_path / "cache")
+
+
+def test_the_doctor_says_what_a_run_does_about_the_missing_image(fresh_tag: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    obstacle = first_use_obstacle(_client())
+    expected = "builds the image on first use" if obstacle is None else "stops:"
+    assert doctor(fresh_tag)["first_use"].startswith(expected)
+    monkeypatch.setenv("HRM_EVOLVE_TORCH_WHEEL", "/nonexistent/torch.whl")
+    report = doctor(fresh_tag)["first_use"]
+    assert report.startswith("stops:") and f"--no-registry --tag {fresh_tag}" in report
