@@ -59,8 +59,9 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--confirm-seeds", type=int, default=None,
                    help="fresh seed pairs a selected candidate must be confirmed on (default 6)")
     p.add_argument("--throughput-tolerance", type=_positive_float, default=None,
-                   help="void a seed pair whose parent trained this much (relative) off its median steps/s "
-                        "(default 0.25)")
+                   help="the noise guard's tolerance (default 0.25): side by side, a pair is void when the parent's "
+                        "steps/s and the candidate/parent ratio both moved this much (relative) from their medians; "
+                        "with --serial-pairs, when the parent's steps/s moved this much from its median")
     p.add_argument("--serial-pairs", action="store_false", default=None, dest="side_by_side",
                    help="train the two sides of a pair one after the other (default: side by side)")
     p.add_argument("--executor", choices=["local", "ray", "auto"], default=None,

@@ -39,7 +39,7 @@ class Settings:
     early_stop: bool = False  # stop a candidate whose learning curve is clearly below its parent's (local slots)
     early_stop_margin: float = 0.15  # ... by more than this training-batch token accuracy, past half the budget
     early_stop_audit: float = 0.25  # the share of early stops only recorded, to measure what they cost
-    throughput_tolerance: float = 0.25  # a pair whose parent ran this much off its median steps/s is void
+    throughput_tolerance: float = 0.25  # the noise guard's tolerance (evolver/promotion.py NoiseGuard)
     setup_allowance_seconds: float = 30.0  # host-measured seconds a train stage may take beyond its budget
     budget_seconds: float = 40.0  # training budget per seed, set by the harness, not by candidate code
     cycles: int = 3  # 0 = until --max-runtime or Ctrl-C
