@@ -252,3 +252,21 @@ def test_pairs_before_a_failure_are_reported_with_their_conditions_judged() -> N
     measure, _ = scripted(effect=0.15, fail_seed=1)
     j = judge(measure, on_pair=lambda p: seen.append(p.seed)).judge()
     assert j.verdict == "failed" and sorted(seen) == [0, 1]
+
+
+def test_a_rebased_parent_of_another_speed_voids_nothing_and_confirms_on_its_own_medians() -> None:
+    """A cohort's rebase: the confirmation measures a new parent, twice as fast, beside a candidate that is
+    not; its pairs are judged against their own medians (the first of them together), not the old parent's."""
+    measure = conditions(0.15, lambda k: 12.0 if k < 3 else 24.0, cand_rate=lambda k: 11.6 if k < 3 else 12.0)
+    j = judge(measure, before_confirmation=lambda: True).judge()
+    assert j.verdict == "passed", j.reason
+    assert not [p for p in j.pairs if p.void]
+    assert len(j.to_dict()["confirmation_gains"]) == ConfirmationRule().seeds
+
+
+def test_a_confirmation_shorter_than_the_settled_batch_takes_exactly_its_seeds() -> None:
+    measure = conditions(0.15, lambda k: 12.0 if k < 3 else 24.0, cand_rate=lambda k: 11.6 if k < 3 else 12.0)
+    j = CandidateJudge(measure, selection=SelectionRule(), confirmation=ConfirmationRule(seeds=2),
+                       control=RunErrorControl(), first_seeds=[0, 1, 2], before_confirmation=lambda: True).judge()
+    assert j.verdict == "passed", j.reason
+    assert len(j.to_dict()["confirmation_gains"]) == 2
