@@ -93,6 +93,15 @@ The error targets (<= 2% per null, <= 10% per run) hold at every noise level (th
 construction); the power target (80% at +0.05) holds only at sd 0.03 and only for a run's first
 confirmation, and cannot be met at sd 0.05 within 10 + 6 pairs: even 20 + 12 pairs
 reach only 74%. Correlated pairs help (sd 0.05 with correlation 0.5: 70%).
+
+Noise guard (bench_promotion.py --simulate --noise-sd 0.03: the real CandidateJudge on a simulated machine, a
+hog slowing both sides to 0.48x, one side alone starved in 5% of pairs; 4000 nulls, 1000 +0.05 candidates per
+cell). Side by side: false merge per null 0.22% quiet, 0.35% constant hog, 0.30% hog for the first 150 s,
+0.20% hog that comes and goes; power 0.78, 0.77, 0.79, 0.79; void verdicts 0.0-0.1%. The parent-only guard on
+the same pairs: void verdicts 99.4% (power 0) with the hog at the start and 62.6% (power 0.07) with the hog
+that comes and goes. A guard on the ratio alone recovers a little power (0.79-0.82: it also voids pairs where
+the candidate alone was starved) but lets a null forging its steps/s on its bad pairs merge 0.5-1.7% of the
+time, against 0.1-0.4% under the side-by-side guard.
 """
 
 from __future__ import annotations
