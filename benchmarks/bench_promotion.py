@@ -466,7 +466,8 @@ def run_real_loop(args: argparse.Namespace) -> int:
     elif args.hog:
         print(f"a CPU hog beside the first {args.hog_seconds:g}s of each candidate's evaluation")
     settings = Settings(provider="offline", task=args.task, seeds=[0, 1, 2], budget_seconds=args.budget,
-                        backend=args.backend, metric=args.metric, auto_apply=False, literature="off", cycles=0)
+                        backend=args.backend, metric=args.metric, auto_apply=False, literature="off", cycles=0,
+                        **({"setup_allowance_seconds": args.setup_allowance} if args.setup_allowance else {}))
     loop = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
     try:
         loop.measure_baseline()
@@ -479,7 +480,7 @@ def run_real_loop(args: argparse.Namespace) -> int:
             res = run_cascade(worktree, loop.harness_dir, loop.data_dir(), tmp / "noise" / f"seed{seed}",
                               task=args.task, seeds=[seed], budget_seconds=args.budget, backend=loop.backend,
                               stages=("train", "evaluate"), threads=max(1, settings.threads // 2),
-                              cpus=max(1.0, settings.cpus / 2))
+                              cpus=max(1.0, settings.cpus / 2), setup_allowance_s=settings.setup_allowance_seconds)
             if not res.ok:
                 raise RuntimeError(f"noise seed {seed}: {res.failed_stage}: {res.reason}")
             return float(res.scores[args.metric][0])
@@ -593,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regression-factor", type=float, default=3.0,
                     help="real mode: the planted regression divides the CPU learning rate by this")
     ap.add_argument("--hog", action="store_true", help="real mode: run a CPU hog beside the whole run")
+    ap.add_argument("--setup-allowance", type=float, default=None,
+                    help="real mode: the host clock's setup allowance (default the run's 30 s; more on a loaded machine)")
     ap.add_argument("--hog-seconds", type=float, default=None,
                     help="real mode: the hog runs beside the first S seconds of each candidate only")
     args = ap.parse_args(argv)
