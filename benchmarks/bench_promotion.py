@@ -23,13 +23,31 @@ It prints, each with a 95% Wilson interval (scipy.stats.binomtest):
 - seed pairs spent per null and per effect candidate (selection + confirmation), and training minutes at
   --minutes-per-run per training run (two runs, parent and candidate, per pair).
 
+--simulate then models throughput conditions (``--conditions-nulls`` / ``--conditions-effects`` candidates
+per cell, 0 to skip): candidates go through the real CandidateJudge (void pairs, replacement seeds, the noise
+guard, selection, confirmation), measured side by side on a simulated 2-core machine. Each pair trains for
+--pair-seconds; a CPU hog is on or off over time, and a side's steps/s is --rate times 1 - (1 - --hog-slowdown)
+x (the share of the pair the hog was on), times 2% noise: both sides alike, as side by side. With probability
+--starve-prob per pair one side alone (parent or candidate, even odds) trains at half speed, which costs it
+--starve-drop of score: the case a guard must catch. Scores: seed luck shared by both sides, --noise-sd each
+side, plus the effect. Machines: quiet; a constant hog; a hog for the first 150 s only (the observed case: the
+first pair at 5.77 steps/s, the rest at 11.6-12.3); a hog that comes and goes (on and off spells drawn
+exponential with mean --hog-spell seconds). Guards: the side-by-side guard in force, the old
+parent-throughput guard (what --serial-pairs keeps) on the same side-by-side pairs, and an ablation that voids
+on the candidate/parent ratio alone. A third kind of candidate, "forging", is a null that claims a tenth of its
+steps/s whenever its own training went badly (its own noise more than one sd below average, about one pair in
+six, so that it stays under the void cap): the re-roll a guard trusting the candidate's claim would hand it.
+Printed per cell: false-merge rate of nulls and forging nulls, power for the effect, void verdicts and void
+pairs per candidate.
+
 --real clones this repository, commits a planted regression (the CPU learning rate divided by
 --regression-factor), measures the parent's per-seed noise over --noise-seeds real training seeds (two side by
 side, as pairs run), then runs --real-nulls null candidates (a real edit that only offsets the data-order
 seed) and --real-effects planted-regression fixes through EvolutionLoop.evaluate_candidate (gates, seed
 pairs beside the parent, selection, confirmation), each as the first confirmation of its run, and prints
 how many were promoted with exact 95% intervals; then the --simulate figures on the measured noise. --hog
-runs a busy loop beside the whole run.
+runs a busy loop beside the whole run; with --hog-seconds S, beside the first S seconds of each candidate's
+evaluation only (a transient at the start of each comparison, then a quiet machine).
 """
 
 from __future__ import annotations
@@ -40,7 +58,8 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -48,8 +67,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from evolver.judge.pairs import CandidateJudge, SideRun
 from evolver.judge.promotion import (
     ConfirmationRule,
+    NoiseGuard,
     RunErrorControl,
     SelectionRule,
     decide_confirmation,
@@ -220,11 +241,150 @@ def simulate(args: argparse.Namespace) -> int:
     print(f"  false promotions / null in them  {wilson(k_in_fp, args.runs * (args.run_length - 1))}")
     print()
     print(f"({time.monotonic() - t0:.1f} s; rng seed {args.seed})")
+    if args.conditions_nulls or args.conditions_effects:
+        print()
+        sd = args.noise_sd if args.noise_sd is not None else statistics.stdev(load_scores(Path(args.noise_from)))
+        simulate_conditions(argparse.Namespace(**{**vars(args), "noise_sd": sd}))
     return 0
 
 
 from common import clone_head, git  # noqa: E402
 
+
+# ---------------------------------------------------------------------------------------------- conditions
+class Machine:
+    """A simulated machine: a clock in seconds and a CPU hog that is on or off over time."""
+
+    def __init__(self, kind: str, rng: np.random.Generator, spell: float) -> None:
+        self.kind, self.rng, self.spell = kind, rng, spell
+        self.now = 0.0
+        self.changes: list[float] = []  # come-and-go: the times the hog flips, from an initial state
+        self.on_at_zero = bool(rng.integers(2))
+        if kind == "comes-and-goes":
+            t = 0.0
+            while t < 10_000.0:
+                t += float(rng.exponential(spell))
+                self.changes.append(t)
+
+    def _on(self, t: float) -> bool:
+        if self.kind == "quiet":
+            return False
+        if self.kind == "constant":
+            return True
+        if self.kind == "first-150s":
+            return t < 150.0
+        flips = int(np.searchsorted(self.changes, t, side="right"))
+        return self.on_at_zero != bool(flips % 2)
+
+    def hog_share(self, start: float, seconds: float, steps: int = 64) -> float:
+        """The share of [start, start + seconds) the hog was on."""
+        ts = start + (np.arange(steps) + 0.5) * seconds / steps
+        return float(np.mean([self._on(float(t)) for t in ts]))
+
+
+MACHINES = ("quiet", "constant", "first-150s", "comes-and-goes")
+
+
+def ratio_only_conditions(parent_rates: Sequence[float | None], candidate_rates: Sequence[float | None], index: int,
+                          tolerance: float = 0.25) -> tuple[bool, str]:
+    """An ablation, not the rule: void a pair whenever the candidate/parent steps/s ratio moved beyond the tolerance
+    from its median, whether or not the parent moved (it trusts the candidate's claimed rate)."""
+    p, c = parent_rates[index], candidate_rates[index]
+    if p is None or c is None:
+        return True, "no rate"
+    ratios = [cc / pp for pp, cc in zip(parent_rates, candidate_rates, strict=True) if pp is not None and cc is not None]
+    shift = (c / p) / statistics.median(ratios) - 1.0
+    return abs(shift) <= tolerance, f"ratio moved {shift:+.1%}"
+
+
+class RatioOnlyJudge(CandidateJudge):
+    conditions = staticmethod(ratio_only_conditions)
+
+
+def _conditions_candidate(rng: np.random.Generator, machine: Machine, effect: float, guard: NoiseGuard,
+                          args: argparse.Namespace, forging: bool = False,
+                          judge_class: type[CandidateJudge] = CandidateJudge) -> tuple[str, int, int]:
+    """One candidate judged side by side on the simulated machine; returns (verdict, pairs, void pairs)."""
+
+    def side(who: str, seed_luck: float, hog: float, starved: str | None) -> SideRun:
+        factor = 1.0 - (1.0 - args.hog_slowdown) * hog
+        own = float(rng.standard_normal())
+        score = seed_luck + args.noise_sd * own + (effect if who == "candidate" else 0.0)
+        if starved == who:
+            factor *= 0.5
+            score -= args.starve_drop
+        rate = args.rate * factor * (1.0 + 0.02 * float(rng.standard_normal()))
+        if forging and who == "candidate" and own < -1.0:
+            rate *= 0.1  # a bad draw of its own: it claims a tenth of its speed, hoping for a void pair
+        return SideRun(True, score, evidence={"steps_per_second": rate, "steps": int(rate * args.pair_seconds)})
+
+    def submit_pair(sides: list[str], seed: int, phase: str) -> list[Future[SideRun]]:
+        hog = machine.hog_share(machine.now, args.pair_seconds)
+        machine.now += args.pair_seconds
+        luck = 0.62 + 0.02 * float(rng.standard_normal())
+        starved = (("parent", "candidate")[int(rng.integers(2))] if rng.random() < args.starve_prob else None)
+        futures = []
+        for who in sides:
+            f: Future[SideRun] = Future()
+            f.set_result(side(who, luck, hog, starved))
+            futures.append(f)
+        return futures
+
+    def measure(who: str, seed: int, phase: str) -> SideRun:
+        raise AssertionError("side by side: pairs go through submit_pair")
+
+    judge = judge_class(measure, selection=SelectionRule(), confirmation=ConfirmationRule(),
+                           control=RunErrorControl(), first_seeds=[0, 1, 2], side_by_side=True,
+                           submit_pair=submit_pair, guard=guard)
+    j = judge.judge()
+    return j.verdict, len(j.pairs), sum(p.void for p in j.pairs)
+
+
+def simulate_conditions(args: argparse.Namespace) -> None:
+    """False merges, power and voids of the noise guards on a simulated machine (see the module docstring)."""
+    guards: dict[str, tuple[NoiseGuard, type[CandidateJudge]]] = {
+        "side-by-side guard": (NoiseGuard(), CandidateJudge),
+        "old parent guard": (NoiseGuard(side_by_side=False), CandidateJudge),
+        "ratio-only ablation": (NoiseGuard(), RatioOnlyJudge),
+    }
+    print(f"throughput conditions: pairs of {args.pair_seconds:g}s at {args.rate:g} steps/s, a hog slows both sides "
+          f"to {args.hog_slowdown:g}x, one side alone starved (half speed, -{args.starve_drop:g} score) in "
+          f"{args.starve_prob:.0%} of pairs, per-side noise sd {args.noise_sd:g}; come-and-go spells of mean "
+          f"{args.hog_spell:g}s; nulls N={args.conditions_nulls}, effect {args.effect:+g} N={args.conditions_effects}, "
+          f"forging nulls N={args.conditions_nulls // 4} per cell")
+    t0 = time.monotonic()
+    header = (f"  {'machine':15s} {'guard':19s} {'false merge (null)':>27s} {'false merge (forging)':>25s} "
+              f"{'power':>25s} {'void verdicts':>14s} {'void pairs/cand':>16s}")
+    print(header)
+    rng = np.random.default_rng(args.seed + 1)
+    for kind in MACHINES:
+        for name, (guard, judge_class) in guards.items():
+            rows: dict[str, list[tuple[str, int, int]]] = {"null": [], "forging": [], "effect": []}
+            for what, count, effect in (("null", args.conditions_nulls, 0.0),
+                                        ("forging", args.conditions_nulls // 4, 0.0),
+                                        ("effect", args.conditions_effects, args.effect)):
+                for _ in range(count):
+                    machine = Machine(kind, rng, args.hog_spell)
+                    machine.now = float(rng.uniform(0, 2 * args.hog_spell)) if kind == "comes-and-goes" else 0.0
+                    rows[what].append(_conditions_candidate(rng, machine, effect, guard, args,
+                                                            forging=what == "forging", judge_class=judge_class))
+            every = [r for rs in rows.values() for r in rs]
+
+            def rate(rs: list[tuple[str, int, int]], verdict: str) -> str:
+                k = sum(v == verdict for v, _, _ in rs)
+                if not rs:
+                    return "n/a"
+                ci = stats.binomtest(k, len(rs)).proportion_ci(confidence_level=0.95, method="wilson")
+                return f"{k / len(rs):.4f} [{ci.low:.4f},{ci.high:.4f}]"
+
+            voids = sum(v == "void" for v, _, _ in every) / max(1, len(every))
+            void_pairs = statistics.fmean(n for _, _, n in every) if every else float("nan")
+            print(f"  {kind:15s} {name:19s} {rate(rows['null'], 'passed'):>27s} {rate(rows['forging'], 'passed'):>25s} "
+                  f"{rate(rows['effect'], 'passed'):>25s} {voids:14.3f} {void_pairs:16.2f}")
+    print(f"({time.monotonic() - t0:.1f} s)")
+
+
+ROOT = Path(__file__).resolve().parents[1]
 NULL_TARGET = "BatchStream.__init__"
 NULL_LINE = "self.rng = np.random.default_rng([seed, 0xDA7A])"
 REGRESSION_TARGET = "_cpu_train"
@@ -296,11 +456,14 @@ def run_real_loop(args: argparse.Namespace) -> int:
     git(repo, "commit", "--quiet", "-am", f"planted regression: CPU lr / {args.regression_factor:g}")
 
     hog = None
-    if args.hog:
+    if args.hog and not args.hog_seconds:
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         print(f"CPU hog running beside the run (pid {hog.pid})")
+    elif args.hog:
+        print(f"a CPU hog beside the first {args.hog_seconds:g}s of each candidate's evaluation")
     settings = Settings(provider="offline", task=args.task, seeds=[0, 1, 2], budget_seconds=args.budget,
-                        backend=args.backend, metric=args.metric, auto_apply=False, literature="off", cycles=0)
+                        backend=args.backend, metric=args.metric, auto_apply=False, literature="off", cycles=0,
+                        **({"setup_allowance_seconds": args.setup_allowance} if args.setup_allowance else {}))
     loop = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
     try:
         loop.measure_baseline()
@@ -313,7 +476,7 @@ def run_real_loop(args: argparse.Namespace) -> int:
             res = run_cascade(worktree, loop.ctx.harness_dir, loop.ctx.data_dir(), tmp / "noise" / f"seed{seed}",
                               task=args.task, seeds=[seed], budget_seconds=args.budget, backend=loop.ctx.backend,
                               stages=("train", "evaluate"), threads=max(1, settings.threads // 2),
-                              cpus=max(1.0, settings.cpus / 2))
+                              cpus=max(1.0, settings.cpus / 2), setup_allowance_s=settings.setup_allowance_seconds)
             if not res.ok:
                 raise RuntimeError(f"noise seed {seed}: {res.failed_stage}: {res.reason}")
             return float(res.scores[args.metric][0])
@@ -343,6 +506,23 @@ def run_real_loop(args: argparse.Namespace) -> int:
             loop.ctx.control = Control()  # each candidate is the first confirmation of its run
             t = time.monotonic()
             out = loop.evaluate_candidate(proposal, i, {"llm_seconds": 0.0})
+            result = loop.ctx.store.result(proposal.id) or {}
+            burst, timer = None, None
+            if args.hog and args.hog_seconds:  # a transient at the start of this comparison, then a quiet machine
+                import threading
+
+                burst = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                timer = threading.Timer(args.hog_seconds, burst.kill)
+                timer.daemon = True
+                timer.start()
+            try:
+                out = loop.evaluate_candidate(proposal, i, {"llm_seconds": 0.0})
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if burst is not None:
+                    burst.kill()
+                    burst.wait()
             result = loop.ctx.store.result(proposal.id) or {}
             pairs = len((result.get("judgement") or {}).get("pairs") or [])
             promoted = out.verdict in ("pending-review", "merged")
@@ -390,6 +570,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alpha", type=float, default=None, help="override SelectionRule.alpha")
     ap.add_argument("--conf-seeds", type=int, default=None, help="override ConfirmationRule.seeds")
     ap.add_argument("--exponent", type=float, default=None, help="override RunErrorControl.exponent")
+    ap.add_argument("--conditions-nulls", type=int, default=4000,
+                    help="simulate: null candidates per machine and guard through the judge (0: skip)")
+    ap.add_argument("--conditions-effects", type=int, default=1000,
+                    help="simulate: effect candidates per machine and guard through the judge")
+    ap.add_argument("--pair-seconds", type=float, default=65.0, help="simulate: seconds one seed pair trains")
+    ap.add_argument("--rate", type=float, default=12.0, help="simulate: steps/s on a quiet machine")
+    ap.add_argument("--hog-slowdown", type=float, default=0.48,
+                    help="simulate: speed under the hog, as a share of the quiet speed (5.77 / 12.0)")
+    ap.add_argument("--hog-spell", type=float, default=150.0, help="simulate: mean seconds a come-and-go hog "
+                    "stays on, and off")
+    ap.add_argument("--starve-prob", type=float, default=0.05, help="simulate: share of pairs with one side starved")
+    ap.add_argument("--starve-drop", type=float, default=0.05, help="simulate: score a starved side loses")
     ap.add_argument("--task", default="sudoku4", help="real mode: the task")
     ap.add_argument("--budget", type=float, default=40.0, help="real mode: training seconds per seed")
     ap.add_argument("--metric", default="token_accuracy", help="real mode: the metric in force")
@@ -400,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--regression-factor", type=float, default=3.0,
                     help="real mode: the planted regression divides the CPU learning rate by this")
     ap.add_argument("--hog", action="store_true", help="real mode: run a CPU hog beside the whole run")
+    ap.add_argument("--setup-allowance", type=float, default=None,
+                    help="real mode: the host clock's setup allowance (default the run's 30 s; more on a loaded machine)")
+    ap.add_argument("--hog-seconds", type=float, default=None,
+                    help="real mode: the hog runs beside the first S seconds of each candidate only")
     args = ap.parse_args(argv)
     if args.real:
         return run_real_loop(args)

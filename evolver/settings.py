@@ -85,8 +85,11 @@ class Settings:
                                              "candidate", check="positive")
     early_stop_audit: float = setting(0.25, "the share of early stops only recorded, not enforced, to measure "
                                             "what they cost", check="fraction")
-    throughput_tolerance: float = setting(0.25, "void a seed pair whose parent trained this much (relative) off "
-                                                "its median steps/s", check="positive")
+    throughput_tolerance: float = setting(0.25, "the noise guard's tolerance: side by side, a pair is void when "
+                                                "the parent's steps/s and the candidate/parent ratio both moved "
+                                                "this much (relative) from their medians; with --serial-pairs, "
+                                                "when the parent's steps/s moved this much from its median",
+                                          check="positive")
     setup_allowance_seconds: float = setting(30.0, "host-measured seconds a train stage may take beyond its "
                                                    "budget", flag="--setup-allowance", check="positive")
     budget_seconds: float = setting(40.0, "training budget per seed, set by the harness, not by candidate code; "

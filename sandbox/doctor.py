@@ -58,6 +58,16 @@ def doctor(image: str = DEFAULT_IMAGE) -> dict[str, Any]:
         "local_python": local.python,  # the interpreter the local backend runs (a venv's own, not its realpath)
         "local_refused": local.refusal_reason(),  # why the local backend refuses every run here, or None
     }
+    report["first_use"] = None  # what a run does about a missing image where an engine answers
+    if dock.get("engine") and not dock.get("image"):
+        from sandbox.image import _client, build_command, first_use_obstacle
+
+        try:
+            obstacle = first_use_obstacle(_client())
+        except Exception as exc:  # noqa: BLE001 - the doctor reports, it never fails
+            obstacle = f"{type(exc).__name__}: {exc}"
+        report["first_use"] = ("builds the image on first use (registry-free)" if obstacle is None else
+                               f"stops: {obstacle}; build it with {build_command(image)}")
     if reason is None:
         from sandbox.docker_backend import DockerBackend
         from sandbox.hostfs import sandbox_ids
@@ -86,6 +96,8 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_row("auto picks", f"[bold]{report['auto_backend']}[/]")
     if report["docker_unavailable"]:
         table.add_row("why not docker", report["docker_unavailable"])
+    if report.get("first_use"):
+        table.add_row("a run (evolve.py)", report["first_use"])
     table.add_row("local python", report["local_python"])
     if report["local_refused"]:
         table.add_row("local refuses", report["local_refused"])

@@ -282,6 +282,53 @@ def build_image(tag: str = DEFAULT_IMAGE, *, base_image: str | None = None, no_r
     return BuildReport(tag, image_id, digest, False, base_image, seconds)
 
 
+def build_command(tag: str = DEFAULT_IMAGE, *, gpus: bool = False) -> str:
+    """The one command that builds the sandbox image ``tag`` here (a CUDA image for GPUs)."""
+    tail = "" if tag == DEFAULT_IMAGE else f" --tag {tag}"
+    if gpus:
+        return f"python -m sandbox.image build --base-image pytorch/pytorch:<cuda tag>{tail}"
+    return f"python -m sandbox.image build --no-registry{tail}"
+
+
+def first_use_obstacle(client: Any, torch_wheel: str | None = None) -> str | None:
+    """Why the registry-free build cannot run here (its base needs debootstrap as root unless the base image
+    exists; its context needs a torch wheel), or None when nothing visible stands in its way."""
+    import docker.errors
+
+    try:
+        client.images.get(NO_REGISTRY_BASE)
+    except docker.errors.ImageNotFound:
+        if shutil.which("debootstrap") is None:
+            return f"its base {NO_REGISTRY_BASE} is absent and debootstrap is not installed"
+        if os.geteuid() != 0:
+            return f"its base {NO_REGISTRY_BASE} is absent and debootstrap needs root"
+    try:
+        wheel = find_torch_wheel(torch_wheel)
+    except ImageBuildError as exc:
+        return str(exc)
+    if wheel is None:
+        return f"no torch wheel (none in {TORCH_WHEEL_GLOB}, HRM_EVOLVE_TORCH_WHEEL unset)"
+    return None
+
+
+def build_on_first_use(tag: str = DEFAULT_IMAGE, *, log: Log = print, cache_dir: Path | None = None) -> BuildReport:
+    """Build the missing sandbox image ``tag`` the registry-free way (what a first run does when an engine
+    answers and the image is absent), with its progress through ``log``. Raises ImageBuildError, whose message
+    ends with the one command that builds the image, when the build cannot run here or fails."""
+    command = build_command(tag)
+    client = _client()
+    obstacle = first_use_obstacle(client)
+    if obstacle is not None:
+        raise ImageBuildError(f"the sandbox image {tag} is not built and cannot be built here now: {obstacle}. "
+                              f"Build it with: {command}")
+    log(f"the sandbox image {tag} is not built: building it now, once (registry-free, about a minute with "
+        f"its base present, a few more to make the base); the same as `{command}`")
+    try:
+        return build_image(tag, no_registry=True, cache_dir=cache_dir, log=log)
+    except ImageBuildError as exc:
+        raise ImageBuildError(f"building the sandbox image {tag} failed: {exc}\nBuild it with: {command}") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.image", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)

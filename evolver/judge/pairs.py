@@ -3,10 +3,14 @@ test, confirmation on fresh seeds, and the run-wide error control (the rules are
 
 A *pair* trains and scores the parent and the candidate on the same seed, with the same budget and
 resources, at the same time (two sandboxes side by side, each with half the machine), so that what the
-machine was doing while they trained is shared by both sides. The parent's training throughput is checked
-against its running median: a pair in which the unchanged side ran faster or slower than that, beyond the
-tolerance, is void: it is recorded, not judged, and replaced by a pair on a new seed. Too many void pairs
-and the whole comparison is void.
+machine was doing while they trained is shared by both sides. The noise guard (``NoiseGuard`` in
+evolver/judge/promotion.py) voids a side-by-side pair only when its two sides did not run under the same
+conditions (the parent's steps/s moved from the comparison's median and the candidate's did not move with
+it), and a serial pair (``side_by_side=False``) when the parent's steps/s moved from its running median. A
+void pair is recorded, not judged, and replaced by a pair on a new seed. Too many void pairs and the whole
+comparison is void. Side by side, the first pairs of a comparison are judged together, against their own
+medians, once enough of them are in and before any look reads them: a transient at the start voids at
+most the pairs it hit.
 
 This module decides nothing about git; it only needs a callable that measures one side on one seed, or
 one that starts measuring it and gives a future (``submit``: an executor, evolver/execute/local.py). A side the
@@ -26,12 +30,15 @@ from typing import Any
 from evolver.judge.promotion import (
     ConfirmationRule,
     Decision,
+    NoiseGuard,
     RunErrorControl,
     SelectionRule,
     decide_confirmation,
     decide_selection,
     describe,
     fresh_seeds,
+    pair_conditions,
+    steps_per_second,
     throughput_drift,
 )
 from evolver.verdicts import PASSED
@@ -131,13 +138,17 @@ class CandidateJudge:
     its level (a cohort waits there for its turn); it returns True when the pairs now measure a new parent
     (a rebased candidate), whose own throughput then becomes the reference."""
 
+    conditions = staticmethod(pair_conditions)
+    """The side-by-side condition check (benchmarks/bench_promotion.py swaps in ablations of it)."""
+
     def __init__(self, measure: MeasureSide, *, selection: SelectionRule, confirmation: ConfirmationRule,
                  control: RunErrorControl, first_seeds: list[int], side_by_side: bool = True,
                  tolerance: float = THROUGHPUT_TOLERANCE, reference_rate: float | None = None,
                  on_pair: Callable[[SeedPair], None] | None = None, submit: SubmitSide | None = None,
                  on_control: Callable[[], None] | None = None, proposal_id: str | None = None,
                  submit_pair: SubmitPair | None = None,
-                 before_confirmation: Callable[[], bool] | None = None) -> None:
+                 before_confirmation: Callable[[], bool] | None = None,
+                 guard: NoiseGuard | None = None) -> None:
         self.measure = measure
         self.submit = submit
         self.submit_pair = submit_pair
@@ -150,7 +161,15 @@ class CandidateJudge:
         self.first_seeds = list(first_seeds)
         self.side_by_side = side_by_side
         self.tolerance = tolerance
+        self.guard = guard if guard is not None else NoiseGuard(
+            tolerance=tolerance, max_void=MAX_VOID_PAIRS, side_by_side=side_by_side,
+            settle_pairs=selection.min_seeds)
+        # serial pairs: the parent's steps/s of the non-void pairs so far (the old parent-throughput guard)
         self.parent_rates: list[float] = [reference_rate] if reference_rate else []
+        # side by side: every scored pair measured against the current parent (void ones included), and the
+        # pairs whose conditions are not judged yet (the first ones of a comparison wait for each other)
+        self.history: list[SeedPair] = []
+        self.pending: list[SeedPair] = []
         self.on_pair = on_pair
 
     # ------------------------------------------------------------------ one pair
@@ -166,17 +185,44 @@ class CandidateJudge:
             pair.void, pair.void_reason = True, "; ".join(lost)
         elif parent.ok and cand.ok and parent.score is not None and cand.score is not None:
             pair.gain = float(cand.score) - float(parent.score)
-            rate = parent.evidence.get("steps_per_second")
-            if isinstance(rate, (int, float)) and rate > 0:
+            if self.guard.side_by_side:
+                self.history.append(pair)
+                self.pending.append(pair)
+                return pair, parent, cand  # reported when its conditions are judged (settle)
+            rate = steps_per_second(parent.evidence)
+            if rate is not None:
                 if self.parent_rates:
-                    ok, why = throughput_drift(float(rate), statistics.median(self.parent_rates), self.tolerance)
+                    ok, why = throughput_drift(rate, statistics.median(self.parent_rates), self.guard.tolerance)
                     if not ok:
                         pair.void, pair.void_reason = True, why
                 if not pair.void:
-                    self.parent_rates.append(float(rate))
+                    self.parent_rates.append(rate)
         if self.on_pair:
             self.on_pair(pair)
         return pair, parent, cand
+
+    def settle(self, force: bool = False) -> list[SeedPair]:
+        """Judge the conditions of the pending side-by-side pairs, once ``guard.settle_pairs`` pairs of the
+        comparison are in (or at once with ``force``), against the medians of every pair measured so far;
+        returns the pairs settled now. Until then no decision reads them."""
+        if not self.pending or (len(self.history) < self.guard.settle_pairs and not force):
+            return []
+        parents = [steps_per_second(p.parent_evidence) for p in self.history]
+        cands = [steps_per_second(p.candidate_evidence) for p in self.history]
+        settled, self.pending = self.pending, []
+        where = {id(p): i for i, p in enumerate(self.history)}
+        for pair in settled:
+            ok, why = self.conditions(parents, cands, where[id(pair)], self.guard.tolerance)
+            if not ok:
+                pair.void, pair.void_reason = True, why
+            if self.on_pair:
+                self.on_pair(pair)
+        return settled
+
+    def new_parent(self) -> None:
+        """The pairs now measure another parent (a rebase): its own throughput becomes the reference."""
+        self.parent_rates = []
+        self.history = []
 
     def _sides(self, seed: int, phase: str) -> tuple[SideRun, SideRun]:
         """The parent's and the candidate's SideRun on ``seed``, side by side or one after the other."""
@@ -204,12 +250,11 @@ class CandidateJudge:
 
     # ------------------------------------------------------------------ the judgement
     def judge(self) -> Judgement:
-        rule_text = describe(self.selection_rule, self.confirmation_rule, self.control)
+        rule_text = describe(self.selection_rule, self.confirmation_rule, self.control, self.guard)
         pairs: list[SeedPair] = []
         used: set[int] = set()
         queue = list(self.first_seeds)
         next_seed = max(self.first_seeds, default=-1) + 1
-        voids = 0
         decision: Decision | None = None
         while True:
             if queue:
@@ -223,12 +268,14 @@ class CandidateJudge:
             pairs.append(pair)
             failed = self._failure(pair, parent, cand, pairs, rule_text)
             if failed:
+                self.settle(force=True)  # the pairs before it are recorded with their conditions judged
                 return failed
-            if pair.void:
-                voids += 1
-                if voids > MAX_VOID_PAIRS:
-                    return Judgement("void", f"{voids} seed pairs were void (last: {pair.void_reason}); the machine "
-                                     "is too unsteady to judge this candidate", pairs, decision, rule=rule_text)
+            self.settle()
+            void = self._too_many_voids(pairs, decision, rule_text, "the machine is too unsteady to judge this "
+                                        "candidate")
+            if void:
+                return void
+            if self.pending or pair.void:
                 continue
             decision = decide_selection([p.gain for p in pairs if p.phase == "selection" and not p.void
                                          and p.gain is not None], self.selection_rule)
@@ -240,14 +287,19 @@ class CandidateJudge:
             return Judgement("inconclusive" if inconclusive else "rejected", decision.reason, pairs, decision,
                              rule=rule_text)
         if self.before_confirmation and self.before_confirmation():
-            self.parent_rates = []  # a new parent (a cohort's rebase): its own throughput is the reference
+            self.new_parent()  # a new parent (a cohort's rebase): its own throughput is the reference
         start = CONFIRMATION_SEED_START + self.control.attempts * CONFIRMATION_SEED_BLOCK
         level = self.control.begin(self.proposal_id)
         if self.on_control:  # persisted before any confirmation pair runs: a stop cannot re-roll this level
             self.on_control()
         confirm_seeds = fresh_seeds(used, self.confirmation_rule.seeds, start=start)
-        gains: list[float] = []
-        while len(gains) < self.confirmation_rule.seeds:
+        need = self.confirmation_rule.seeds
+
+        def counted() -> list[SeedPair]:
+            return [p for p in pairs if p.phase == "confirmation" and not p.void and p.gain is not None
+                    and not any(p is q for q in self.pending)]
+
+        while len(counted()) < need or self.pending:
             if not confirm_seeds:
                 confirm_seeds = fresh_seeds(used, 1, start=start)
             seed = confirm_seeds.pop(0)
@@ -255,26 +307,30 @@ class CandidateJudge:
             pair, parent, cand = self._pair(seed, "confirmation")
             pairs.append(pair)
             failed = self._failure(pair, parent, cand, pairs, rule_text, selection=decision)
-            if pair.void and not failed:
-                voids += 1
-                if voids > MAX_VOID_PAIRS:
-                    failed = Judgement("void", f"{voids} seed pairs were void (last: {pair.void_reason}); the "
-                                       "confirmation cannot be judged", pairs, decision, rule=rule_text)
-                else:
-                    continue
+            if not failed:
+                # never more than `need` pairs: pending ones (a rebased parent's first) settle at that count
+                self.settle(force=len(counted()) + len(self.pending) >= need)
+                failed = self._too_many_voids(pairs, decision, rule_text, "the confirmation cannot be judged")
             if failed:
                 # A confirmation that was started counts as an attempt whatever ends it: retrying it at the
                 # same level would break the run-level guarantee.
                 self.control.record(False)
                 failed.confirmation_level = level
                 return failed
-            assert pair.gain is not None
-            gains.append(pair.gain)
+        gains = [p.gain for p in counted() if p.gain is not None]
         confirmation = decide_confirmation(gains, self.confirmation_rule, alpha=level)
         self.control.record(confirmation.passed)
         verdict = PASSED if confirmation.passed else "rejected"
         return Judgement(verdict, confirmation.reason, pairs, decision, confirmation, rule=rule_text,
                          confirmation_level=level)
+
+    def _too_many_voids(self, pairs: list[SeedPair], decision: Decision | None, rule_text: str,
+                        what: str) -> Judgement | None:
+        void = [p for p in pairs if p.void]
+        if len(void) <= self.guard.max_void:
+            return None
+        return Judgement("void", f"{len(void)} seed pairs were void (last: {void[-1].void_reason}); {what}", pairs,
+                         decision, rule=rule_text)
 
     @staticmethod
     def _failure(pair: SeedPair, parent: SideRun, cand: SideRun, pairs: list[SeedPair], rule_text: str,

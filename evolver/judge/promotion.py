@@ -60,9 +60,26 @@ good, so after a few null candidates have reached confirmation the levels are sm
 a real gain found late in a long run is much harder to promote. A fresh ``RunErrorControl`` per run (of, say,
 20 cycles) is the unit the defaults were designed for.
 
-*Noise guard.* ``throughput_drift`` compares the parent's training throughput now with its reference; the
-loop voids (does not count, and reruns on a new seed) a pair whose unchanged side ran at a different speed,
-since a budget in seconds then buys a different number of steps.
+*Noise guard (``NoiseGuard``).* A budget in seconds buys as many steps as the machine allows, so a pair
+trained under other conditions than its neighbours may measure the machine, not the change. What counts
+is whether the two sides of a pair ran under the same conditions, not whether the machine drifted:
+
+- *side by side* (the default), both sides share the machine at the same moment, and a load change that
+  slows both alike says nothing about the comparison. A pair is void only when the parent's steps/s moved
+  beyond the tolerance from the comparison's median **and** the candidate's did not move with it: the
+  ratio candidate / parent steps/s is beyond the tolerance from its median (or the candidate gave no rate).
+  The medians are over every pair measured in the comparison, void ones included, and the first
+  ``settle_pairs`` pairs (as many as the first look needs) are judged together against their own medians
+  before any decision reads them, so a transient at the start of a comparison voids at most the pairs it
+  hit, never all that follow. The candidate's steps/s is its own claim: it can only void a pair in which
+  the trusted side, the parent, moved, so the pairs it can void are a subset of those the parent-only
+  guard voids (a candidate starved alone is not voided: that costs power, never a false merge).
+- *serial* (``--serial-pairs``), the sides run one after the other and a load change between them is
+  not shared: ``throughput_drift`` compares the parent's steps/s with the median of the earlier non-void
+  pairs, and a pair beyond the tolerance is void.
+
+A void pair is recorded, not judged, and replaced by a pair on a new seed; more than ``max_void`` void
+pairs void the comparison.
 
 Defaults and what they buy (benchmarks/bench_promotion.py --simulate, normal noise, pairs uncorrelated)
 ---------------------------------------------------------------------------------------------------
@@ -76,6 +93,15 @@ The error targets (<= 2% per null, <= 10% per run) hold at every noise level (th
 construction); the power target (80% at +0.05) holds only at sd 0.03 and only for a run's first
 confirmation, and cannot be met at sd 0.05 within 10 + 6 pairs: even 20 + 12 pairs
 reach only 74%. Correlated pairs help (sd 0.05 with correlation 0.5: 70%).
+
+Noise guard (bench_promotion.py --simulate --noise-sd 0.03: the real CandidateJudge on a simulated machine, a
+hog slowing both sides to 0.48x, one side alone starved in 5% of pairs; 4000 nulls, 1000 +0.05 candidates per
+cell). Side by side: false merge per null 0.22% quiet, 0.35% constant hog, 0.30% hog for the first 150 s,
+0.20% hog that comes and goes; power 0.78, 0.77, 0.79, 0.79; void verdicts 0.0-0.1%. The parent-only guard on
+the same pairs: void verdicts 99.4% (power 0) with the hog at the start and 62.6% (power 0.07) with the hog
+that comes and goes. A guard on the ratio alone recovers a little power (0.79-0.82: it also voids pairs where
+the candidate alone was starved) but lets a null forging its steps/s on its bad pairs merge 0.5-1.7% of the
+time, against 0.1-0.4% under the side-by-side guard.
 """
 
 from __future__ import annotations
@@ -593,17 +619,18 @@ class RunErrorControl:
 
 
 RULE_TEXT = (
-    "promotion: {selection}. Then {confirmation}. {run}. A candidate is merged only when it passes selection "
-    "and is confirmed."
+    "promotion: {selection}. Then {confirmation}. {run}. {guard}. A candidate is merged only when it passes "
+    "selection and is confirmed."
 )
 
 
 def describe(selection: SelectionRule = SelectionRule(), confirmation: ConfirmationRule = ConfirmationRule(),
-             control: RunErrorControl | None = None) -> str:
+             control: RunErrorControl | None = None, guard: NoiseGuard | None = None) -> str:
     """The whole promotion rule with its numbers, as one paragraph a verdict can carry."""
     control = control if control is not None else RunErrorControl()
+    guard = guard if guard is not None else NoiseGuard(settle_pairs=selection.min_seeds)
     return RULE_TEXT.format(selection=selection.describe(), confirmation=confirmation.describe(),
-                            run=control.describe())
+                            run=control.describe(), guard=guard.describe())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -620,6 +647,82 @@ def fresh_seeds(used: Iterable[int], count: int, start: int = 1000) -> list[int]
             out.append(s)
         s += 1
     return out
+
+
+@dataclass(frozen=True)
+class NoiseGuard:
+    """When a seed pair is void because its sides did not train under comparable conditions (see the module
+    docstring). ``side_by_side``: judge the pair's own conditions (``pair_conditions``); otherwise the
+    parent's throughput against its reference (``throughput_drift``)."""
+
+    tolerance: float = 0.25
+    max_void: int = 3
+    side_by_side: bool = True
+    settle_pairs: int = 3  # side by side: the first pairs are judged together against their own medians
+
+    def __post_init__(self) -> None:
+        if not self.tolerance > 0:
+            raise ValueError("tolerance must be > 0")
+        if self.max_void < 0 or self.settle_pairs < 1:
+            raise ValueError("need max_void >= 0 and settle_pairs >= 1")
+
+    def describe(self) -> str:
+        tail = (f"; a void pair is replaced by a pair on a new seed, and more than {self.max_void} void pairs "
+                f"void the comparison")
+        if self.side_by_side:
+            return (f"noise guard (side by side): a pair is void only when its two sides did not run under the "
+                    f"same conditions: the parent's steps/s moved more than {self.tolerance:.0%} from the "
+                    f"comparison's median and the candidate/parent steps/s ratio moved more than "
+                    f"{self.tolerance:.0%} from its median (or the candidate gave no rate); a load change that "
+                    f"moves both sides alike voids nothing; medians over every pair of the comparison, void "
+                    f"ones included, the first {self.settle_pairs} pairs judged together before any look" + tail)
+        return (f"noise guard (serial pairs): a pair is void when the parent's steps/s moved more than "
+                f"{self.tolerance:.0%} from the median of the earlier non-void pairs" + tail)
+
+
+def steps_per_second(evidence: dict[str, Any] | None) -> float | None:
+    """A side's training steps/s from its pair evidence, or None when absent or not a positive finite number."""
+    rate = (evidence or {}).get("steps_per_second")
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        return None
+    rate = float(rate)
+    return rate if math.isfinite(rate) and rate > 0 else None
+
+
+def pair_conditions(parent_rates: Sequence[float | None], candidate_rates: Sequence[float | None], index: int,
+                    tolerance: float = 0.25) -> tuple[bool, str]:
+    """Did pair ``index`` of a side-by-side comparison run under the same conditions on both sides?
+
+    ``parent_rates`` and ``candidate_rates`` hold both sides' steps/s for every pair measured in the comparison
+    (void ones included; None where a side gave no rate). The pair is void (returns False) only when the parent's
+    rate is beyond ``tolerance`` from the median of the parent rates and the candidate did not move with it: the
+    ratio candidate / parent is beyond ``tolerance`` from the median ratio, or the candidate gave no rate. A
+    pair without a parent rate cannot be judged and is kept. Returns (ok, reason).
+    """
+    if len(parent_rates) != len(candidate_rates) or not 0 <= index < len(parent_rates):
+        raise ValueError("need one parent and one candidate rate per pair, and index a pair of them")
+    parent = parent_rates[index]
+    if parent is None:
+        return True, "the parent gave no steps/s: the pair's conditions cannot be judged"
+    ref = statistics.median(r for r in parent_rates if r is not None)
+    moved = parent / ref - 1.0
+    what = f"the parent ran at {parent:.2f} steps/s, {moved:+.1%} from the comparison's median {ref:.2f}"
+    if abs(moved) <= tolerance:
+        return True, f"{what}, within {tolerance:.0%}"
+    cand = candidate_rates[index]
+    if cand is None:
+        return False, (f"{what}, beyond {tolerance:.0%}, and the candidate gave no steps/s to show it moved "
+                       f"alike; void this pair and rerun it on a new seed")
+    ratios = [c / p for p, c in zip(parent_rates, candidate_rates, strict=True) if p is not None and c is not None]
+    ratio_ref = statistics.median(ratios)
+    ratio = cand / parent
+    shift = ratio / ratio_ref - 1.0
+    pair = (f"candidate/parent steps/s {ratio:.3f}, {shift:+.1%} from its median {ratio_ref:.3f} "
+            f"(candidate {cand:.2f} steps/s)")
+    if abs(shift) <= tolerance:
+        return True, f"{what}, but the candidate moved with it ({pair}): same conditions on both sides"
+    return False, (f"{what}, and the candidate did not move with it ({pair}, beyond {tolerance:.0%}): the sides "
+                   f"did not run under the same conditions; void this pair and rerun it on a new seed")
 
 
 def throughput_drift(parent_steps_per_s_now: float, parent_steps_per_s_reference: float,

@@ -40,7 +40,7 @@ from evolver.run.state import Baseline, CycleOutcome, StopRun, utc_now
 from evolver.settings import Settings
 from puzzles.splits import ensure_run_data
 from puzzles.tasks import get_task
-from sandbox import get_backend
+from sandbox import SandboxUnavailable, get_backend
 
 
 class RunContext:
@@ -115,8 +115,19 @@ class RunContext:
     def backend(self) -> Any:
         """The sandbox backend, made at first use (its warnings go to the display)."""
         if self._backend is None:
-            self._backend = get_backend(self.settings.backend, image=self.settings.image,
-                                        warn=lambda m: self.display.log(f"[yellow]sandbox:[/] {m}"))
+            s = self.settings
+
+            def building(line: str) -> None:  # a missing image is built on first use, its progress shown
+                if line.startswith(("the sandbox image", "base:", "wheels:", "image:")):  # a step of the build
+                    self.display.stage("sandbox image", line.strip(), expected_seconds=60.0)
+                else:  # the build's own output
+                    self.display.log(f"[cyan]sandbox image:[/] {escape(line)}")
+
+            try:
+                self._backend = get_backend(s.backend, image=s.image, gpus=bool(s.gpus), build=building,
+                                            warn=lambda m: self.display.log(f"[yellow]sandbox:[/] {m}"))
+            except SandboxUnavailable as exc:
+                raise StopRun(f"sandbox: {exc}") from exc
         return self._backend
 
     @property

@@ -198,6 +198,8 @@ class EvolutionLoop:
         try:
             self._preflight()
             self.ctx.check_cluster()
+            if self.ctx.executor_kind == "local":
+                _ = self.ctx.backend  # a missing sandbox image is built here (or the run stops), before any job
             if s.early_stop and self.ctx.executor_kind != "local":
                 d.log("[yellow]early stop:[/] it reads the curves of local worker slots only; it is off with "
                       f"--executor {self.ctx.executor_kind}")

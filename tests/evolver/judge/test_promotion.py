@@ -13,6 +13,7 @@ from scipy import stats
 from evolver.judge.promotion import (
     RULE_TEXT,
     ConfirmationRule,
+    NoiseGuard,
     RunErrorControl,
     SelectionRule,
     calibrated_t_bounds,
@@ -21,8 +22,10 @@ from evolver.judge.promotion import (
     describe,
     fresh_seeds,
     group_sequential_bounds,
+    pair_conditions,
     selection_boundaries,
     spending,
+    steps_per_second,
     throughput_drift,
 )
 
@@ -301,8 +304,11 @@ def test_decisions_carry_reasons_with_their_numbers():
 def test_rule_texts_name_the_numbers():
     text = describe()
     assert "{" not in text and RULE_TEXT.startswith("promotion")
-    for piece in ("3 pairs", "up to 10", "alpha 0.1", "6 fresh seed pairs", "0.075", "zeta(3)"):
+    for piece in ("3 pairs", "up to 10", "alpha 0.1", "6 fresh seed pairs", "0.075", "zeta(3)",
+                  "noise guard (side by side)", "25%", "more than 3 void pairs"):
         assert piece in text
+    serial = describe(guard=NoiseGuard(side_by_side=False, tolerance=0.1))
+    assert "noise guard (serial pairs)" in serial and "10%" in serial
 
 
 def test_throughput_drift_guard():
@@ -314,3 +320,30 @@ def test_throughput_drift_guard():
     assert not ok and "+25.0%" in why
     assert throughput_drift(float("nan"), 100.0, 0.1)[0] is False
     assert throughput_drift(100.0, 0.0, 0.1)[0] is False
+
+
+def test_pair_conditions_void_only_when_the_parent_moved_alone():
+    parents = [5.77, 11.6, 12.3, 11.9]
+    # both sides slowed alike in the first pair: the parent moved, the ratio did not
+    ok, why = pair_conditions(parents, [p * 0.9 for p in parents], 0, 0.25)
+    assert ok and "moved with it" in why
+    # the parent alone slowed in the first pair: void
+    ok, why = pair_conditions(parents, [10.5, 10.4, 11.1, 10.7], 0, 0.25)
+    assert not ok and "did not move with it" in why and "void this pair" in why and "-50.9%" in why
+    # the candidate alone claims another rate while the parent is at its median: kept
+    ok, _ = pair_conditions(parents, [10.5, 1.0, 11.1, 10.7], 1, 0.25)
+    assert ok
+    # the parent moved and the candidate gave no rate: void (the parent-only guard)
+    ok, why = pair_conditions(parents, [None, 10.4, 11.1, 10.7], 0, 0.25)
+    assert not ok and "no steps/s" in why
+    # no parent rate: nothing to judge
+    assert pair_conditions([None, 11.6], [5.0, 10.0], 0, 0.25)[0]
+    with pytest.raises(ValueError):
+        pair_conditions([1.0], [1.0, 2.0], 0)
+
+
+def test_steps_per_second_reads_only_positive_finite_numbers():
+    assert steps_per_second({"steps_per_second": 11.6}) == 11.6
+    for bad in (None, "12", True, 0, -1.0, float("nan"), float("inf")):
+        assert steps_per_second({"steps_per_second": bad}) is None
+    assert steps_per_second(None) is None and steps_per_second({}) is None
