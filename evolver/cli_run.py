@@ -52,6 +52,14 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--fallback-provider", default=None,
                    help="provider to switch to when the LLM server is unreachable (e.g. offline)")
     p.add_argument("--task", default=None, help="HRM preset/task to score on (default sudoku4)")
+    p.add_argument("--task-file", default=None, metavar="JSONL",
+                   help='evolve for your own task: one {"input": [...], "output": [...]} per line (tokens are '
+                        'strings or integers); the host validates and encodes it and splits it train/select/final '
+                        'with the run\'s secret (distinct inputs per split); replaces --task')
+    p.add_argument("--select-file", default=None, metavar="JSONL",
+                   help="fixed selection split for --task-file (with --final-file); inputs also in train are dropped")
+    p.add_argument("--final-file", default=None, metavar="JSONL",
+                   help="fixed final split for --task-file (with --select-file)")
     p.add_argument("--seeds", type=_seeds, default=None,
                    help="the first selection seeds of every candidate (default 0,1,2); more are added while the "
                         "candidate is promising but undecided")
@@ -142,13 +150,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console = Console()
     root = repo_toplevel(args.repo)
-    keys = ("provider", "model", "host", "fallback_provider", "task", "seeds", "budget_seconds", "cycles",
+    keys = ("provider", "model", "host", "fallback_provider", "task", "task_file", "select_file", "final_file", "seeds", "budget_seconds", "cycles",
             "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "metric",
             "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
             "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids", "image",
             "executor", "ray_address", "workers", "cohort", "screen", "screen_fraction", "screen_budget_seconds",
             "screen_audit", "early_stop", "early_stop_margin", "early_stop_audit")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
+    if settings.task_file and not args.resume:  # refuse a bad file before anything starts, naming the line
+        from puzzles.file_task import FileTaskError, file_task_spec
+
+        try:
+            file_task_spec(settings.task_file, settings.select_file, settings.final_file, gpus=settings.gpus)
+        except FileTaskError as exc:
+            console.print(f"[red]task file:[/] {exc}", markup=True, highlight=False)
+            return 2
     try:
         if executor_kind(settings.executor, settings.ray_address) == "ray":
             check_ray_address(settings.ray_address or os.environ.get("RAY_ADDRESS"))

@@ -23,7 +23,10 @@ class Settings:
     max_reply_tokens: int | None = None  # sent as max_tokens; None = a quarter of the context (512..4096)
     llm_timeout: float = 120.0  # seconds to wait for the server's first chunk and between chunks
     llm_retries: int = 3  # retries after a timeout, a dropped connection or HTTP 5xx
-    task: str = "sudoku4"
+    task: str = "sudoku4"  # set to "file" ("file-gpu" with gpus) when task_file is given
+    task_file: str | None = None  # the user's JSONL task (puzzles/file_task.py), split with the run's secret
+    select_file: str | None = None  # fixed held-out splits of the task file (both or neither)
+    final_file: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the first selection seeds of every candidate
     max_seeds: int = 10  # selection stops at this many seed pairs (sequential rule: evolver/promotion.py)
     confirm_seeds: int = 6  # fresh seed pairs a selected candidate is confirmed on
@@ -137,4 +140,6 @@ def load_settings(repo: Path | None = None, overrides: dict[str, Any] | None = N
             raise ValueError(f"unknown setting {name!r}")
         _check(name, value)
         setattr(settings, name, value)
+    if settings.task_file:  # a file task: trusted like the puzzles, its spec made from the file (puzzles/file_task.py)
+        settings.task = "file-gpu" if settings.gpus else "file"
     return settings
