@@ -6,10 +6,11 @@ The score never comes from the sandbox at all: the host scores the predictions a
 entered it. Two learning-dependence checks guard the score:
 
 - **fresh initialisation**: the candidate's architecture with untrained weights, rolled out the same way,
-  must not score above chance on the selection split (exact accuracy at most FRESH_EXACT_MAX, or a quarter
-  of the way to 1 from the best constant answer where that scores more; token accuracy at most half-way to 1
-  from the better of the copy-the-givens baseline and the best constant answer). A puzzle solver written into the
-  model scores there without any learning;
+  must not score above chance on the selection split: exact accuracy at most FRESH_EXACT_MAX, or, where the
+  best constant answer scores more (a task of a few output classes), above that by at most a quarter of the
+  way to 1 and at most its own score; token accuracy at most half-way to 1 from the better of the
+  copy-the-givens baseline and the best constant answer. A puzzle solver written into the model scores
+  there without any learning;
 - **train/eval agreement**: in train mode (halting exploration off, no gradients) and eval mode the model
   must give the same argmax wherever both compute the same function (every row before it halts in train
   mode); a solver switched on by `not self.training` breaks that.
@@ -34,8 +35,9 @@ TRAINABILITY_LOSS_RATIO = 0.75
 GRAD_MODULES = ("H_level", "L_level", "embed_tokens", "lm_head", "q_head")
 FRESH_EXACT_MAX = 0.02
 FRESH_EXACT_OVER_CONSTANT = 0.25
-"""Where the best constant answer already scores (a task of a few output classes), fresh weights may score up
-to a quarter of the way from it to 1 (exact accuracy), never below FRESH_EXACT_MAX."""
+"""Where the best constant answer already scores (a task of a few output classes), fresh weights may score
+above it by up to a quarter of the way to 1, and by no more than its own score (so puzzles, where it is near 0,
+keep FRESH_EXACT_MAX)."""
 MODE_AGREEMENT_MIN = 0.999
 
 
@@ -133,7 +135,8 @@ def fresh_init_check(init_predictions: np.ndarray, labels: np.ndarray, inputs: n
     constant = constant_baseline(labels)
     chance = max(copy, constant["token_accuracy"])
     token_max = chance + 0.5 * (1.0 - chance)
-    exact_max = max(FRESH_EXACT_MAX, constant["exact_accuracy"] + FRESH_EXACT_OVER_CONSTANT * (1.0 - constant["exact_accuracy"]))
+    best = constant["exact_accuracy"]  # the slack grows with it: puzzles (best near 0) keep FRESH_EXACT_MAX
+    exact_max = max(FRESH_EXACT_MAX, best + min(best, FRESH_EXACT_OVER_CONSTANT * (1.0 - best)))
     numbers = {"fresh_exact_accuracy": scored["exact_accuracy"], "fresh_token_accuracy": scored["token_accuracy"],
                "copy_baseline_token_accuracy": copy, "constant_baseline_exact_accuracy": constant["exact_accuracy"],
                "constant_baseline_token_accuracy": constant["token_accuracy"], "fresh_exact_max": exact_max,

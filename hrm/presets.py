@@ -182,8 +182,8 @@ def _file(meta: dict[str, Any] | None, *, gpu: bool) -> RunConfig:
     of the train rows, at least 8) and a warmup of at most a tenth of an epoch-sized run. GPU: the paper's
     shape (4+4 layers, 16 segments) at h256 below 20k train rows, h512 above, about 64k tokens per batch
     (at most 768 rows), lr 3e-4 at h256 (1e-4 at h512). No augmentation: nothing is known about the
-    tokens' symmetries. The vocabulary travels in ``data["vocab"]`` so a checkpoint can map tokens
-    (``python -m hrm act``).
+    tokens' symmetries. The vocabulary and the longest train output travel in ``data`` (``vocab``,
+    ``output_len``) so a checkpoint can map tokens and answer (``python -m hrm act``).
     """
     if not meta:
         raise ValueError("the file presets are fitted to the data: get_preset('file', meta=<train dataset.json>)")
@@ -192,7 +192,8 @@ def _file(meta: dict[str, Any] | None, *, gpu: bool) -> RunConfig:
     if seq_len < 1 or vocab_size < 2 or n_train < 1:
         raise ValueError(f"dataset metadata without a usable shape: seq_len {seq_len}, vocab {vocab_size}, "
                          f"{n_train} train examples")
-    vocab = list((meta.get("params") or {}).get("vocab") or [])
+    params = meta.get("params") or {}
+    data = {"vocab": list(params.get("vocab") or []), "output_len": int(params.get("max_output_len") or 1)}
     if gpu:
         hidden = 256 if n_train < 20000 else 512
         model = _gpu_model(vocab_size=vocab_size, seq_len=seq_len)
@@ -208,7 +209,7 @@ def _file(meta: dict[str, Any] | None, *, gpu: bool) -> RunConfig:
         train = _cpu_train(batch_size=batch)
         train.lr_warmup_steps = max(10, min(100, n_train // (10 * batch) * 10 or 10))
     train.augment = False
-    return RunConfig(task="file-gpu" if gpu else "file", data={"vocab": vocab}, model=model, train=train)
+    return RunConfig(task="file-gpu" if gpu else "file", data=data, model=model, train=train)
 
 
 _BUILDERS: dict[str, Callable[[], RunConfig]] = {

@@ -126,7 +126,8 @@ def render(world: World, state: State) -> list[str]:
 
 def parse(tokens: list[str]) -> tuple[World, State]:
     """A rendered state back to (world, state); the key's cell is unknown once it is held (an off-grid cell
-    stands for it). Used to replay and check decisions."""
+    stands for it), the door's is the agent's while it stands in the doorway. Used to replay and check
+    decisions."""
     has_key = tokens[0] == HOLDING[True]
     cells = tokens[1:]
     size = int(round(len(cells) ** 0.5))
@@ -135,9 +136,11 @@ def parse(tokens: list[str]) -> tuple[World, State]:
     where: dict[str, list[tuple[int, int]]] = {}
     for i, t in enumerate(cells):
         where.setdefault(t, []).append(divmod(i, size))
-    world = World(size, frozenset(where.get(WALL, [])), frozenset(where.get(HAZARD, [])), where[DOOR][0],
+    agent = where[AGENT][0]
+    door = where[DOOR][0] if DOOR in where else agent  # the agent stands in the doorway
+    world = World(size, frozenset(where.get(WALL, [])), frozenset(where.get(HAZARD, [])), door,
                   where[KEY][0] if KEY in where else (-1, -1), where[GOAL][0])
-    return world, (where[AGENT][0], has_key)
+    return world, (agent, has_key)
 
 
 def random_world(size: int, rng: np.random.Generator, wall_p: float = 0.12, hazard_p: float = 0.10

@@ -329,7 +329,9 @@ def build_file_dataset(out_dir: Path, rng: np.random.Generator, *, files: dict[s
     for name, pairs in got.splits.items():
         inputs, labels, unknown[name] = encode(pairs, index, seq_len)
         # Only the vocabulary and the count: nothing in a held-out split's dataset.json comes from its labels.
-        params = {"vocab": full_vocab, "examples": len(pairs)}
+        params: dict[str, Any] = {"vocab": full_vocab, "examples": len(pairs)}
+        if name == "train":  # the train labels are in the sandbox anyway; a held-out split's never are
+            params["max_output_len"] = max(len(out) for _, out in pairs)
         split_meta = DatasetMetadata(pad_id=PAD_ID, ignore_label_id=PAD_ID, blank_identifier_id=0,
                                      vocab_size=len(full_vocab), seq_len=seq_len, num_puzzle_identifiers=1,
                                      total_groups=len(pairs), mean_puzzle_examples=1.0, sets=["all"], task="file",
