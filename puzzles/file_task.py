@@ -14,7 +14,8 @@ sequence over ``MAX_SEQ_LEN`` tokens), then:
 - **encodes**: PAD is id 0 (padded label positions are ignored by the loss and the score), ``<unk>`` id 1,
   the vocabulary takes ids 2.. in first-seen order over the train lines (inputs and outputs) and then the
   held-out *inputs*. A held-out output token that occurs nowhere else is encoded as ``<unk>`` on the host:
-  the vocabulary a sandbox sees holds nothing that only a held-out label holds. ``seq_len`` is the longest
+  the vocabulary a sandbox sees holds nothing that only a held-out label holds. (A model that answers
+  ``<unk>`` there is counted right; no train label is ``<unk>``, so training gives it no reason to.) ``seq_len`` is the longest
   sequence of any line of the files (inputs are padded, outputs too; output position i is predicted at
   input position i).
 
@@ -367,7 +368,8 @@ def describe_build(report: dict[str, Any]) -> list[str]:
                      + ", ".join(f"{k.replace('_dropped_in_', ' in ')} {v}" for k, v in held.items()))
     unk = {k: v for k, v in report.get("unknown_label_tokens", {}).items() if v and k != "train"}
     if unk:
-        lines.append("held-out output tokens seen nowhere else (scored as <unk>, which no model can learn): "
+        lines.append("held-out output tokens seen in no train line or input (scored against <unk>, which no "
+                     "train label teaches): "
                      + ", ".join(f"{k} {v}" for k, v in unk.items()))
     return lines
 

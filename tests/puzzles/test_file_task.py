@@ -175,4 +175,4 @@ def test_sealed_views_hold_no_held_out_label_not_even_in_the_vocabulary(tmp_path
     assert set(meta["params"]) == {"vocab", "examples"} and "SECRET-select-label" not in meta["params"]["vocab"]
     report = json.loads((data / "file_task.json").read_text())  # the host's record says what happened
     assert report["unknown_label_tokens"] == {"train": 0, "select": 10, "final": 10}
-    assert "scored as <unk>" in " ".join(describe_build(report))
+    assert "scored against <unk>" in " ".join(describe_build(report))
