@@ -97,3 +97,18 @@ def test_fresh_weights_may_reach_the_majority_answer_but_not_solve() -> None:
     grids = np.random.default_rng(0).integers(1, 10, size=(100, 9))
     _, numbers = fresh_init_check(np.zeros_like(grids), grids, np.zeros_like(grids))
     assert numbers["fresh_exact_max"] == FRESH_EXACT_MAX
+
+
+def test_the_run_says_why_a_baseline_leaves_little_to_measure() -> None:
+    from evolver.baseline import Baseline, weak_baseline_warning
+
+    def base(scores: list[float], constant: float) -> Baseline:
+        evidence = [{"seed": i, "constant_baseline_token_accuracy": constant} for i in range(len(scores))]
+        return Baseline("c", "t", list(range(len(scores))), scores, 1.0, evidence=evidence)
+
+    assert weak_baseline_warning(base([0.55, 0.6, 0.58], 0.39), "token_accuracy") is None
+    majority = weak_baseline_warning(base([0.39, 0.40, 0.38], 0.39), "token_accuracy")
+    assert majority is not None and "no better than always giving the most frequent answer (0.390)" in majority
+    ceiling = weak_baseline_warning(base([0.97, 0.99, 0.98], 0.39), "token_accuracy")
+    assert ceiling is not None and "already scores 0.980" in ceiling
+    assert weak_baseline_warning(Baseline("c", "t", [0], [0.6], 1.0), "token_accuracy") is None  # no evidence
