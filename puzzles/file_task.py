@@ -23,7 +23,8 @@ The labels of select and final stay on the host exactly as for the puzzles (``pu
 views); the dataset.json of every split holds only the vocabulary and its example count. The task's
 spec (``file_task_spec``) holds the files' sha256, so a resumed run refuses a changed file, and the split
 sizes and ``seq_len``; ``data/file_task.json`` (host only) records the build: the vocabulary, the counts
-and every drop.
+and every drop, and how many examples' output occurs verbatim in their own input (legal: a copy task;
+reported because a held-out split full of them is answered by copying).
 """
 
 from __future__ import annotations
@@ -300,6 +301,17 @@ def encode(pairs: Sequence[tuple[Seq, Seq]], index: dict[str, int], seq_len: int
     return inputs, labels, unknown
 
 
+def _contains(haystack: Seq, needle: Seq) -> bool:
+    n = len(needle)
+    return any(haystack[i:i + n] == needle for i in range(len(haystack) - n + 1))
+
+
+def outputs_in_input(pairs: Sequence[tuple[Seq, Seq]]) -> int:
+    """Examples whose whole output occurs verbatim, in order, inside their input: legal (a copy or lookup
+    task), but a held-out split full of them is answered by copying, so the build reports the count."""
+    return sum(1 for inp, out in pairs if _contains(inp, out))
+
+
 def _single_csr(n: int) -> dict[str, np.ndarray]:
     return {"puzzle_identifiers": np.zeros(n, dtype=np.int32), "puzzle_indices": np.arange(n + 1, dtype=np.int32),
             "group_indices": np.arange(n + 1, dtype=np.int32)}
@@ -343,7 +355,8 @@ def build_file_dataset(out_dir: Path, rng: np.random.Generator, *, files: dict[s
             progress(len(pairs), len(pairs))
     report = {"files": files, "sha256": sha256, "seq_len": seq_len, "vocab_size": len(full_vocab),
               "vocab": full_vocab, "splits": {k: len(v) for k, v in got.splits.items()},
-              "unknown_label_tokens": unknown, **got.notes}
+              "unknown_label_tokens": unknown,
+              "outputs_in_input": {k: outputs_in_input(v) for k, v in got.splits.items()}, **got.notes}
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
     assert meta is not None
     return meta
@@ -371,6 +384,11 @@ def describe_build(report: dict[str, Any]) -> list[str]:
         lines.append("held-out output tokens seen in no train line or input (scored against <unk>, which no "
                      "train label teaches): "
                      + ", ".join(f"{k} {v}" for k, v in unk.items()))
+    copied = {k: v for k, v in report.get("outputs_in_input", {}).items() if v and k != "train"}
+    if copied:
+        sizes = report["splits"]
+        lines.append("outputs found verbatim in their own input (answerable by copying; fine for a copy task): "
+                     + ", ".join(f"{k} {v} of {sizes[k]}" for k, v in copied.items()))
     return lines
 
 

@@ -176,3 +176,15 @@ def test_sealed_views_hold_no_held_out_label_not_even_in_the_vocabulary(tmp_path
     report = json.loads((data / "file_task.json").read_text())  # the host's record says what happened
     assert report["unknown_label_tokens"] == {"train": 0, "select": 10, "final": 10}
     assert "scored against <unk>" in " ".join(describe_build(report))
+
+
+def test_outputs_copied_from_the_input_are_legal_and_reported(tmp_path: Path) -> None:
+    rows = [{"input": ["q", i, i + 1, "end"], "output": [i, i + 1] if i % 4 == 0 else ["no"]} for i in range(100)]
+    data = ensure_run_data(tmp_path / "run", file_task_spec(_write(tmp_path / "copy.jsonl", rows)))
+    report = json.loads((data / "file_task.json").read_text())
+    assert sum(report["outputs_in_input"].values()) == 25  # every fourth line copies two of its input tokens
+    assert report["outputs_in_input"]["train"] == sum(
+        1 for row in load_split(data, "train").labels if row[1] != -100)  # type: ignore[union-attr]
+    text = " ".join(describe_build(report))
+    assert ("outputs found verbatim in their own input" in text) == any(
+        report["outputs_in_input"][k] for k in ("select", "final"))
