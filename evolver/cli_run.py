@@ -150,7 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console = Console()
     root = repo_toplevel(args.repo)
-    keys = ("provider", "model", "host", "fallback_provider", "task", "task_file", "select_file", "final_file", "seeds", "budget_seconds", "cycles",
+    keys = ("provider", "model", "host", "fallback_provider", "task", "task_file", "select_file", "final_file",
+            "seeds", "budget_seconds", "cycles",
             "max_runtime_seconds", "interval_seconds", "auto_apply", "backend", "gpus", "margin", "metric",
             "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
             "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids", "image",
