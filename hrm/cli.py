@@ -33,12 +33,16 @@ SUMMARY_KEYS = (
 
 
 def base_run(task: str, data_dir: str | None = None) -> RunConfig:
-    """The preset named ``task`` (a data-fitted one, ``file``, from ``data_dir/train/dataset.json``), or a
-    default RunConfig for a plain dataset task."""
+    """The preset named ``task`` (a data-fitted one, ``file``, from ``data_dir/train/dataset.json``; a built
+    ``jsonl`` dataset gets the ``file`` preset too), or a default RunConfig for a plain dataset task."""
     from hrm.presets import DATA_PRESETS, PRESETS, get_preset
 
+    meta = Path(data_dir or "") / "train" / "dataset.json"
+    if task == "jsonl" and data_dir and meta.is_file():  # a built jsonl dataset: the preset fitted to it
+        run = get_preset("file", meta=json.loads(meta.read_text()))
+        run.task = task
+        return run
     if task in DATA_PRESETS:
-        meta = Path(data_dir or "") / "train" / "dataset.json"
         if not data_dir or not meta.is_file():
             raise ValueError(f"the {task!r} preset is fitted to its dataset: pass --data-dir, a dataset holding "
                              "train/dataset.json (a run's .hrm-evolve/runs/<run>/data)")

@@ -44,3 +44,18 @@ def test_a_file_preset_needs_the_data_and_the_others_do_not_change() -> None:
     with pytest.raises(ValueError, match="without a usable shape"):
         get_preset("file", meta=_meta(0, 15, 10))
     assert get_preset("sudoku4", meta=_meta(37, 15, 2400)).model.seq_len == 16  # meta is ignored there
+
+
+def test_hrm_train_fits_a_built_jsonl_dataset(tmp_path: Any) -> None:
+    import json
+
+    from hrm.cli import base_run
+    from puzzles.build import build_dataset
+
+    lines = [{"input": ["s", i % 7, i % 5], "output": [i % 3]} for i in range(60)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    build_dataset("jsonl", tmp_path / "d", train_file=tmp_path / "t.jsonl")
+    run = base_run("jsonl", str(tmp_path / "d"))
+    assert run.task == "jsonl" and run.model.seq_len == 3 and run.model.hidden_size == 64
+    assert run.train.batch_size == 8 and run.train.augment is False
+    assert base_run("jsonl").model.hidden_size == 512  # no dataset yet: the bare defaults, built on the fly
