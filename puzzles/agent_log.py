@@ -12,10 +12,12 @@ The expert plans: at each step it takes the first action of a shortest safe path
 breadth-first search over (cell, holding the key), ties broken in the order up, down, left, right, so its
 action is a function of the state. One line per decision::
 
-    {"input": ["key:no", ".", "#", "A", ..., "G"], "output": ["right"]}
+    {"input": ["key:no", "key_dy:+1", "key_dx:-2", "door_dy:+0", "door_dx:+1", "goal_dy:-3", "goal_dx:+3",
+               ".", "#", "A", ..., "G"], "output": ["right"]}
 
-``input`` is the holding token followed by the grid row by row (``size * size + 1`` tokens); ``output`` is
-one of ``ACTIONS``. The generator is deterministic in ``--seed``; the host splits the file with the run's
+``input`` is the holding token, the agent's row/column offsets to the key (``held`` once it has it), the door
+and the goal, then the grid row by row (``size * size + 7`` tokens); ``output`` is one of ``ACTIONS``. The
+offsets alone point the way in open ground; around walls and hazards only the grid tells the shortest path. The generator is deterministic in ``--seed``; the host splits the file with the run's
 secret (``puzzles/file_task.py``).
 """
 
@@ -100,10 +102,26 @@ def expert_action(world: World, state: State) -> str:
     return ACTIONS[best[1]]
 
 
-def render(world: World, state: State) -> list[str]:
-    """The state as tokens: the holding token, then the grid row by row."""
+def offsets(world: World, state: State) -> list[str]:
+    """The agent's row and column offsets to the key (``held`` once picked up), the door and the goal, one
+    token each (``key_dy:+1``, ``key_dx:-2``, ...): what an agent's log often records beside its view."""
     (ar, ac), has_key = state
-    tokens = [HOLDING[has_key]]
+    tokens: list[str] = []
+    for name, cell in (("key", None if has_key else world.key), ("door", world.door), ("goal", world.goal)):
+        if cell is None:
+            tokens += [f"{name}_dy:held", f"{name}_dx:held"]
+        else:
+            tokens += [f"{name}_dy:{cell[0] - ar:+d}", f"{name}_dx:{cell[1] - ac:+d}"]
+    return tokens
+
+
+N_OFFSETS = 6
+
+
+def render(world: World, state: State) -> list[str]:
+    """The state as tokens: the holding token, the offsets to key, door and goal, then the grid row by row."""
+    (ar, ac), has_key = state
+    tokens = [HOLDING[has_key], *offsets(world, state)]
     for r in range(world.size):
         for c in range(world.size):
             cell = (r, c)
@@ -129,7 +147,7 @@ def parse(tokens: list[str]) -> tuple[World, State]:
     stands for it), the door's is the agent's while it stands in the doorway. Used to replay and check
     decisions."""
     has_key = tokens[0] == HOLDING[True]
-    cells = tokens[1:]
+    cells = tokens[1 + N_OFFSETS:]
     size = int(round(len(cells) ** 0.5))
     if size * size != len(cells) or tokens[0] not in HOLDING.values():
         raise ValueError(f"not a rendered state of this world: {len(tokens)} tokens")

@@ -40,7 +40,7 @@ def test_the_cli_refuses_a_malformed_file_naming_the_line(user_repo: Path, tmp_p
     bad.write_text("\n".join(lines) + "\n")
     assert main(["--repo", str(user_repo), "--task-file", str(bad), "--cycles", "1"]) == 2
     out = capsys.readouterr().out
-    assert "bad.jsonl:17: not valid JSON" in out.replace("\n", "")
+    assert "bad.jsonl:17: not valid JSON" in " ".join(out.split())
     assert not (user_repo / ".hrm-evolve" / "runs").exists()  # nothing started
 
 
@@ -57,8 +57,9 @@ def test_the_run_builds_its_splits_once_and_a_resume_refuses_a_changed_file(user
     assert ctx.data_dir() == data and len([m for m in logged if "task file:" in m]) == 1  # read once, cached
     assert "160 train / 20 select / 20 final examples" in logged[0]
     spec = json.loads((data / "task.json").read_text())
-    assert spec["name"] == "file" and spec["kwargs"]["seq_len"] == 37 and spec["splits"]["select"] == 20
-    assert json.loads((data / "file_task.json").read_text())["vocab_size"] == 15
+    assert spec["name"] == "file" and spec["kwargs"]["seq_len"] == 43 and spec["splits"]["select"] == 20
+    report = json.loads((data / "file_task.json").read_text())
+    assert report["vocab_size"] == len(report["vocab"]) and "key_dx:held" in report["vocab"]
     stored = json.loads((ctx.run_dir / "run.json").read_text())["settings"]
     assert stored["task_file"] == str(data_file) and stored["task"] == "file"
     run_id = ctx.run_id

@@ -66,8 +66,8 @@ def test_the_log_is_deterministic_and_a_valid_task_file(tmp_path: Path) -> None:
     assert agent_log.main(["--out", str(out), "--n", "300", "--seed", "5"]) == 0
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 300 and lines == agent_log.generate(300, 6, 5)
-    assert all(len(x["input"]) == 37 and x["output"][0] in ACTIONS for x in lines)
+    assert all(len(x["input"]) == 43 and x["output"][0] in ACTIONS for x in lines)
     assert agent_log.generate(300, 6, 6) != lines
     assert len(read_lines(out).pairs) == 300
     spec = file_task_spec(out)
-    assert spec.kwargs["seq_len"] == 37 and spec.n_select == spec.n_final >= 25
+    assert spec.kwargs["seq_len"] == 43 and spec.n_select == spec.n_final >= 25
