@@ -46,7 +46,16 @@ class Settings:
     llm_timeout: float = setting(120.0, "seconds to wait for the server's first token and between tokens",
                                  check="positive")
     llm_retries: int = setting(3, "retries after a timeout, a dropped connection or HTTP 5xx", check="non_negative")
-    task: str = setting("sudoku4", "HRM preset/task to score on")
+    task: str = setting("sudoku4", "HRM preset/task to score on (set to file, or file-gpu with --gpus, by "
+                                   "--task-file)")
+    task_file: str | None = setting(
+        None, 'evolve for your own task: one {"input": [...], "output": [...]} per line (tokens are strings or '
+              "integers); the host validates and encodes it and splits it train/select/final with the run's "
+              "secret (distinct inputs per split); replaces --task", metavar="JSONL")
+    select_file: str | None = setting(None, "fixed selection split for --task-file (with --final-file); inputs "
+                                            "also in train are dropped", metavar="JSONL")
+    final_file: str | None = setting(None, "fixed final split for --task-file (with --select-file)",
+                                     metavar="JSONL")
     seeds: list[int] = setting(help="the first selection seeds of every candidate, e.g. 0,1,2; more are added "
                                     "while the candidate is promising but undecided",
                                factory=lambda: [0, 1, 2], metavar="S,S,...")
@@ -226,4 +235,6 @@ def load_settings(repo: Path | None = None, overrides: dict[str, Any] | None = N
             raise ValueError(f"unknown setting {name!r}")
         _check(name, value)
         setattr(settings, name, value)
+    if settings.task_file:  # a file task: trusted like the puzzles, its spec made from the file (puzzles/file_task.py)
+        settings.task = "file-gpu" if settings.gpus else "file"
     return settings

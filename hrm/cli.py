@@ -5,6 +5,7 @@
         [--config JSON-or-file] [--data-dir D] [--device cpu] [--threads 2] [--fresh] [--no-progress]
     python -m hrm eval --checkpoint runs/s4/checkpoint.pt [--task sudoku4] [--data-dir D] [--split test]
     python -m hrm bench [--presets sudoku4 sudoku6] [--steps 20] [--device cpu] [--batch-size B]
+    python -m hrm act --checkpoint C (--state '["tok", ...]' | --file F.jsonl) [--vocab-from D/train/dataset.json]
 
 ``--task`` names a preset (``hrm.presets.PRESETS``) or a dataset task (``sudoku4``, ``maze``, ``jsonl``...);
 ``--config`` takes a JSON object (inline or a file path) with any of ``task``, ``data``, ``model``,
@@ -31,10 +32,21 @@ SUMMARY_KEYS = (
 )  # fmt: skip
 
 
-def base_run(task: str) -> RunConfig:
-    """The preset named ``task``, or a default RunConfig for a plain dataset task."""
-    from hrm.presets import PRESETS, get_preset
+def base_run(task: str, data_dir: str | None = None) -> RunConfig:
+    """The preset named ``task`` (a data-fitted one, ``file``, from ``data_dir/train/dataset.json``; a built
+    ``jsonl`` dataset gets the ``file`` preset too), or a default RunConfig for a plain dataset task."""
+    from hrm.presets import DATA_PRESETS, PRESETS, get_preset
 
+    meta = Path(data_dir or "") / "train" / "dataset.json"
+    if task == "jsonl" and data_dir and meta.is_file():  # a built jsonl dataset: the preset fitted to it
+        run = get_preset("file", meta=json.loads(meta.read_text()))
+        run.task = task
+        return run
+    if task in DATA_PRESETS:
+        if not data_dir or not meta.is_file():
+            raise ValueError(f"the {task!r} preset is fitted to its dataset: pass --data-dir, a dataset holding "
+                             "train/dataset.json (a run's .hrm-evolve/runs/<run>/data)")
+        return get_preset(task, meta=json.loads(meta.read_text()))
     if task in PRESETS:
         return get_preset(task)
     return RunConfig(task=task)
@@ -121,7 +133,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from hrm.train import prepare_dataset, train
 
-    run = apply_overrides(base_run(args.task), load_overrides(args.config))
+    run = apply_overrides(base_run(args.task, args.data_dir), load_overrides(args.config))
     if args.threads:
         run.train.num_threads = args.threads
     out = Path(args.out)
@@ -179,6 +191,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         console.print(_table(f"eval {run.task}", result))
+    return 0
+
+
+def cmd_act(args: argparse.Namespace) -> int:
+    from hrm.act import Actor, read_states
+
+    actor = Actor.load(args.checkpoint, vocab_from=args.vocab_from, output_len=args.output_len,
+                       device=args.device or "cpu")
+    if (args.state is None) == (args.file is None):
+        raise ValueError("give one of --state JSON-list or --file JSONL")
+    if args.state is not None:
+        try:
+            state = json.loads(args.state)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--state: not valid JSON ({exc.msg})") from None
+        if not isinstance(state, list):
+            raise ValueError("--state: expected a JSON list of tokens")
+        print(json.dumps(actor.answer([state])[0]))
+        return 0
+    states, expected = read_states(Path(args.file))
+    answers: list[list[str]] = []
+    for start in range(0, len(states), 256):
+        answers += actor.answer(states[start : start + 256])
+    for state, answer in zip(states, answers, strict=True):
+        print(json.dumps({"input": state, "output": answer}))
+    if expected is not None:
+        right = sum(1 for a, e in zip(answers, expected, strict=True) if a == e[: len(a)] and len(e) <= len(a))
+        console.print(f"{right}/{len(states)} answers equal the file's outputs ({right / len(states):.3f})")
     return 0
 
 
@@ -272,6 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON on stdout")
     ev.set_defaults(func=cmd_eval)
+
+    act = sub.add_parser("act", help="answer token sequences with a checkpoint (e.g. an agent's next action)")
+    act.add_argument("--checkpoint", required=True)
+    act.add_argument("--state", help='one input as a JSON list of tokens, e.g. \'["key:no", ".", "A"]\'')
+    act.add_argument("--file", help="a JSONL file of {\"input\": [...]} lines (outputs, when present, are scored)")
+    act.add_argument("--vocab-from", help="the train split's dataset.json (default: the checkpoint's vocabulary)")
+    act.add_argument("--output-len", type=int, help="output tokens per answer (default: the checkpoint's)")
+    act.add_argument("--device")
+    act.set_defaults(func=cmd_act)
 
     be = sub.add_parser("bench", help="training steps/s and peak memory of presets")
     be.add_argument("--presets", nargs="*")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import Any
 
 from hrm.config import ModelConfig, RunConfig, TrainConfig
 
@@ -168,6 +169,50 @@ def _maze30_gpu() -> RunConfig:
     )
 
 
+def _pow2_at_most(n: int) -> int:
+    return 1 << max(0, int(n).bit_length() - 1)
+
+
+def _file(meta: dict[str, Any] | None, *, gpu: bool) -> RunConfig:
+    """A preset fitted to a task file's dataset (``puzzles/file_task.py``), from its dataset.json metadata:
+    ``seq_len``, ``vocab_size`` and the number of train examples (``total_groups``).
+
+    CPU: the sudoku4 recipe (h64, 2+2 layers, 2/2 cycles, 4 ACT segments, lr 3e-3 cosine to 10%, wd 1.0,
+    softmax CE) with about 2048 tokens per batch (64 rows at seq_len 32, 16 at 128, never more than an eighth
+    of the train rows, at least 8) and a warmup of 10 steps (a 40 s budget on a loaded 2-core machine is a
+    few dozen steps: a longer warmup spent most of it at a small learning rate). GPU: the paper's
+    shape (4+4 layers, 16 segments) at h256 below 20k train rows, h512 above, about 64k tokens per batch
+    (at most 768 rows), lr 3e-4 at h256 (1e-4 at h512). No augmentation: nothing is known about the
+    tokens' symmetries. The vocabulary and the longest train output travel in ``data`` (``vocab``,
+    ``output_len``) so a checkpoint can map tokens and answer (``python -m hrm act``).
+    """
+    if not meta:
+        raise ValueError("the file presets are fitted to the data: get_preset('file', meta=<train dataset.json>)")
+    seq_len, vocab_size = int(meta["seq_len"]), int(meta["vocab_size"])
+    n_train = int(meta.get("total_groups") or (meta.get("params") or {}).get("examples") or 0)
+    if seq_len < 1 or vocab_size < 2 or n_train < 1:
+        raise ValueError(f"dataset metadata without a usable shape: seq_len {seq_len}, vocab {vocab_size}, "
+                         f"{n_train} train examples")
+    params = meta.get("params") or {}
+    data = {"vocab": list(params.get("vocab") or []), "output_len": int(params.get("max_output_len") or 1)}
+    if gpu:
+        hidden = 256 if n_train < 20000 else 512
+        model = _gpu_model(vocab_size=vocab_size, seq_len=seq_len)
+        model.hidden_size = model.puzzle_emb_ndim = hidden
+        train = _gpu_train()
+        train.batch_size = max(8, min(768, _pow2_at_most(65536 // seq_len), _pow2_at_most(max(8, n_train // 8))))
+        train.eval_batch_size = max(train.batch_size, 256)
+        train.lr = train.puzzle_emb_lr = 3e-4 if hidden == 256 else 1e-4
+        train.lr_warmup_steps = 200
+    else:
+        model = _cpu_model(vocab_size=vocab_size, seq_len=seq_len)
+        batch = max(8, min(64, _pow2_at_most(max(1, 2048 // seq_len)), _pow2_at_most(max(8, n_train // 8))))
+        train = _cpu_train(batch_size=batch)
+        train.lr_warmup_steps = 10
+    train.augment = False
+    return RunConfig(task="file-gpu" if gpu else "file", data=data, model=model, train=train)
+
+
 _BUILDERS: dict[str, Callable[[], RunConfig]] = {
     "sudoku4": _sudoku4,
     "sudoku6": _sudoku6,
@@ -177,13 +222,23 @@ _BUILDERS: dict[str, Callable[[], RunConfig]] = {
     "maze30-gpu": _maze30_gpu,
 }
 
+_DATA_BUILDERS: dict[str, Callable[[dict[str, Any] | None], RunConfig]] = {
+    "file": lambda meta: _file(meta, gpu=False),
+    "file-gpu": lambda meta: _file(meta, gpu=True),
+}
+
 PRESETS: tuple[str, ...] = tuple(_BUILDERS)
 CPU_PRESETS: tuple[str, ...] = ("sudoku4", "sudoku6", "sudoku9", "maze")
 GPU_PRESETS: tuple[str, ...] = ("sudoku-extreme-gpu", "maze30-gpu")
+DATA_PRESETS: tuple[str, ...] = tuple(_DATA_BUILDERS)
+"""Presets fitted to their dataset: ``get_preset(name, meta=...)`` with the train split's dataset.json."""
 
 
-def get_preset(name: str) -> RunConfig:
-    """A fresh copy of the named preset (mutating it never changes the registry)."""
+def get_preset(name: str, meta: dict[str, Any] | None = None) -> RunConfig:
+    """A fresh copy of the named preset (mutating it never changes the registry). ``meta``: the train split's
+    dataset.json, which the presets in DATA_PRESETS are fitted to (the others ignore it)."""
+    if name in _DATA_BUILDERS:
+        return _DATA_BUILDERS[name](meta)
     try:
         builder = _BUILDERS[name]
     except KeyError:

@@ -18,6 +18,8 @@ Tasks and their keyword arguments:
   ``dihedral_aug=False`` (store the 8 symmetries of each train maze as one group).
 - ``"jsonl"``: ``train_file``, ``test_file=None`` (None: hold out ``test_fraction=0.1`` of the train
   lines), ``seq_len=None``, ``vocab=None`` (see :mod:`puzzles.jsonl_task`); two splits only.
+- ``"file"``: the run's own task file, split train/select/final (see :mod:`puzzles.file_task`; its kwargs
+  come from ``file_task_spec``).
 
 ``splits`` (an ordered mapping of split name to puzzle count, ``train`` first) replaces ``n_train`` and
 ``n_test`` for sudoku and maze, e.g. ``{"train": 2000, "select": 500, "final": 500}``.
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from puzzles import jsonl_task, maze, sudoku
+from puzzles.file_task import build_file_dataset
 from puzzles.format import DatasetMetadata, write_split
 from puzzles.symmetry import dihedral as _dihedral
 from puzzles.symmetry import sudoku_symmetry_batch
@@ -208,6 +211,7 @@ _BUILDERS: dict[str, Callable[..., DatasetMetadata]] = {
     "sudoku": _build_sudoku,
     "maze": _build_maze,
     "jsonl": _build_jsonl,
+    "file": build_file_dataset,
 }
 
 

@@ -46,6 +46,8 @@ def ensure_run_data(root: Path, spec: TaskSpec) -> Path:
     if _complete(data, spec):
         stored = json.loads((data / SPEC_FILE).read_text()) if (data / SPEC_FILE).is_file() else None
         if stored != json.loads(json.dumps(spec.to_dict())):
+            if spec.builder == "file" and stored and stored.get("builder") == "file":
+                raise ValueError(_changed_file(stored, spec.to_dict()))
             raise ValueError(f"{data} was built for another task spec ({stored}); use a new run")
         return data
     seed = read_or_create_secret(root)
@@ -58,6 +60,21 @@ def ensure_run_data(root: Path, spec: TaskSpec) -> Path:
         shutil.rmtree(data)
     os.replace(tmp, data)
     return data
+
+
+def _changed_file(stored: dict, now: dict) -> str:
+    """Why a file task's run refuses to resume: which file's content (sha256) or path moved."""
+    before, after = stored["kwargs"], now["kwargs"]
+    for split in sorted(set(before["files"]) | set(after["files"])):
+        old_path, new_path = before["files"].get(split), after["files"].get(split)
+        old_hash, new_hash = before["sha256"].get(split), after["sha256"].get(split)
+        if old_path != new_path:
+            return (f"the run's {split} file was {old_path}, now {new_path}: a resumed run keeps its task files; "
+                    "start a new run for another file")
+        if old_hash != new_hash:
+            return (f"{new_path} changed since this run built its splits (sha256 {str(old_hash)[:12]}..., now "
+                    f"{str(new_hash)[:12]}...): a resumed run needs the same file; start a new run for the new one")
+    return f"the task file spec changed ({before} -> {after}); start a new run"
 
 
 def _copy_split(data: Path, split: str, dest_root: Path, *, with_labels: bool, as_name: str) -> Path:

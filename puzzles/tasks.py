@@ -7,7 +7,9 @@ but whatever it says, the engine builds and scores data from these specification
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 HELD_OUT_SPLITS: tuple[str, ...] = ("select", "final")
@@ -54,3 +56,21 @@ def get_task(name: str, **overrides: Any) -> TaskSpec:
         return spec
     values = {**spec.__dict__, **overrides}
     return TaskSpec(**values)
+
+
+def task_spec(name: str, data_dir: Path | None = None) -> TaskSpec:
+    """The trusted spec of ``name``: a built-in task from ``TASKS``, or a file task (``file``, ``file-gpu``:
+    ``puzzles.file_task``) from the ``task.json`` its run wrote beside the splits it built on the host."""
+    from puzzles.file_task import FILE_TASKS
+
+    if name not in FILE_TASKS:
+        return get_task(name)
+    if data_dir is None or not (Path(data_dir) / "task.json").is_file():
+        raise KeyError(f"task {name!r} is a file task: its spec is the task.json of the run's data, not found in "
+                       f"{data_dir}")
+    stored = json.loads((Path(data_dir) / "task.json").read_text())
+    if stored.get("name") != name:
+        raise ValueError(f"{data_dir}/task.json is for task {stored.get('name')!r}, not {name!r}")
+    return TaskSpec(name=stored["name"], builder=stored["builder"], kwargs=dict(stored["kwargs"]),
+                    n_train=int(stored["splits"]["train"]), n_select=int(stored["splits"]["select"]),
+                    n_final=int(stored["splits"]["final"]), eval_segments=int(stored["eval_segments"]))

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from puzzles.arrays import SplitArrays, load_split
+from puzzles.file_task import is_file_task
 from smoketests.result import StageFailure
 
 SMOKE_BATCH = 4
@@ -35,6 +36,16 @@ def model_config_for_data(model_cfg: Any, split: SplitArrays, **overrides: Any) 
         num_puzzle_identifiers=int(meta["num_puzzle_identifiers"]),
         **overrides,
     )
+
+
+def task_preset(task: str, train_meta: dict[str, Any]) -> Any:
+    """The candidate's preset for ``task``: a file task's (puzzles/file_task.py) is fitted to the train split's
+    dataset.json, which the harness hands over as ``meta``; the built-in tasks' take no data."""
+    from hrm.presets import get_preset
+
+    if is_file_task(task):
+        return get_preset(task, meta=dict(train_meta))
+    return get_preset(task)
 
 
 def tiny_overrides(model_cfg: Any) -> dict[str, Any]:
@@ -74,12 +85,10 @@ def check_outputs(outputs: dict[str, torch.Tensor], batch_size: int, seq_len: in
 def run_smoke(data_dir: Path, task: str, seed: int) -> dict[str, Any]:
     from hrm.losses import ACTLossHead
     from hrm.model import HRM
-    from hrm.presets import get_preset
-
     torch.manual_seed(seed)
     device = pick_device()
     split = load_split(data_dir, "train")
-    run = get_preset(task)
+    run = task_preset(task, split.meta)
     cfg = model_config_for_data(run.model, split, **tiny_overrides(run.model))
     model = HRM(cfg).to(device)
     head = ACTLossHead(model, cfg.loss_type, cfg.q_loss_weight).to(device)

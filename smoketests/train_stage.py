@@ -11,16 +11,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from smoketests.smoke import require
+from smoketests.smoke import require, task_preset
 
 REPORTED = ("exact_accuracy", "token_accuracy", "mean_act_steps", "q_halt_accuracy")
 
 
 def run_train(data_dir: Path, out_dir: Path, task: str, seed: int, budget_seconds: float) -> dict[str, Any]:
-    from hrm.presets import get_preset
     from hrm.train import train
 
-    run = get_preset(task)
+    meta = json.loads((Path(data_dir) / "train" / "dataset.json").read_text())
+    run = task_preset(task, meta if isinstance(meta, dict) else {})
     # The harness scores the checkpoint itself (evaluate stage): no evaluation while or after training, so
     # the wall clock goes to training.
     run.train.eval_interval_steps = None

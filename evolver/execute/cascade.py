@@ -41,7 +41,7 @@ from evolver.execute.gates import Gate, judge_evaluation, judge_report
 from evolver.execute.harness_copy import stage_candidate
 from puzzles.arrays import load_split
 from puzzles.splits import sealed_view, train_view
-from puzzles.tasks import TaskSpec, get_task
+from puzzles.tasks import TaskSpec, task_spec
 from sandbox import Backend, Mount, SandboxResult, SandboxSpec, get_backend
 from sandbox.readback import UnsafeOutput, audit_tree, copy_out, read_array, read_json
 
@@ -321,7 +321,7 @@ def run_cascade(
         raise ValueError(f"unknown stage(s) {unknown}; known: {ALL_STAGES}")
     if not seeds and any(s in PER_SEED_STAGES for s in stages):
         raise ValueError("train/evaluate need at least one seed")
-    spec_task = get_task(task) if isinstance(task, str) else task
+    spec_task = task_spec(task, Path(data_dir)) if isinstance(task, str) else task  # a file task: its task.json
     started = time.perf_counter()
     candidate_dir, harness_dir = Path(candidate_dir).resolve(), Path(harness_dir).resolve()
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()

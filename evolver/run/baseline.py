@@ -71,11 +71,28 @@ def cache_baseline(ctx: RunContext, b: Baseline) -> None:
         os.replace(tmp, cache)
 
 
+CEILING = 0.95
+OVER_CONSTANT = 0.02
+
+
 def weak_baseline_warning(baseline: Baseline, metric: str) -> str | None:
-    """The display's warning when the baseline solves almost no held-out puzzle, so exact accuracy can hardly
-    tell candidates apart; None otherwise."""
+    """The display's warning when the baseline leaves the rule little to measure: it solves almost no
+    held-out puzzle (exact accuracy), it does no better than the best constant answer (the most frequent
+    output at each position: a task file of a few output classes), or it is near the ceiling; None otherwise."""
     if metric == "exact_accuracy" and max(baseline.scores) < 0.05:
         return ("[yellow]warning:[/] the baseline solves almost no held-out puzzle at this budget, so exact "
                 "accuracy can hardly tell candidates apart; raise --budget-seconds or use "
                 "--metric token_accuracy")
+    if not baseline.scores:
+        return None
+    mean = sum(baseline.scores) / len(baseline.scores)
+    constants = [float(e[f"constant_baseline_{metric}"]) for e in baseline.evidence
+                 if isinstance(e.get(f"constant_baseline_{metric}"), (int, float))]
+    if constants and mean <= max(constants) + OVER_CONSTANT:
+        return (f"[yellow]warning:[/] the baseline's held-out {metric} ({mean:.3f}) is no better than always giving "
+                f"the most frequent answer ({max(constants):.3f}): at this budget it has learned little from the "
+                "inputs, so most changes will look alike; raise --budget-seconds")
+    if mean >= CEILING:
+        return (f"[yellow]warning:[/] the baseline already scores {mean:.3f} held-out {metric}: little room is left "
+                "for a gain the rule can find; use a harder task, more held-out data or a shorter --budget-seconds")
     return None

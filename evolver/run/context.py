@@ -38,6 +38,8 @@ from evolver.record.store import ProposalStore
 from evolver.run.display import LoopDisplay
 from evolver.run.state import Baseline, CycleOutcome, StopRun, utc_now
 from evolver.settings import Settings
+from puzzles.file_task import REPORT_FILE as FILE_REPORT
+from puzzles.file_task import describe_build, file_task_spec
 from puzzles.splits import ensure_run_data
 from puzzles.tasks import get_task
 from sandbox import SandboxUnavailable, get_backend
@@ -90,7 +92,8 @@ class RunContext:
         path = self.run_dir / "run.json"
         if path.exists() and self.record.resumed:
             stored = json.loads(path.read_text())
-            for key in ("task", "seeds", "budget_seconds", "margin", "confidence"):
+            for key in ("task", "task_file", "select_file", "final_file", "seeds", "budget_seconds", "margin",
+                        "confidence"):
                 if key in stored.get("settings", {}) and stored["settings"][key] != getattr(self.settings, key):
                     self.display.log(f"[yellow]resume:[/] keeping the run's {key}={stored['settings'][key]!r} "
                                      f"(ignoring {getattr(self.settings, key)!r})")
@@ -140,10 +143,35 @@ class RunContext:
     def data_dir(self) -> Path:
         """The run's train/select/final splits, built on the host by trusted code (puzzles/) from the run's
         secret seed, which stays in the run's state directory, outside every mount."""
+        if self.settings.task_file:
+            return self._file_data_dir()
         spec = get_task(self.settings.task)
         if not (self.run_dir / "data" / "select" / "dataset.json").exists():
             self.display.stage("data", f"building the {spec.name} splits from this run's secret seed")
         return ensure_run_data(self.run_dir, spec)
+
+    def _file_data_dir(self) -> Path:
+        """A file task's splits (puzzles/file_task.py): the file validated, its spec (sha256, sizes) made once
+        per run context; a file that fails validation, or changed since the run built its splits, stops the run."""
+        cached = getattr(self, "_file_data", None)
+        if cached is not None:
+            return cached
+        s = self.settings
+        assert s.task_file is not None  # only a file task's run asks
+        with self.lock:
+            built = (self.run_dir / "data" / "select" / "dataset.json").exists()
+            try:
+                spec = file_task_spec(s.task_file, s.select_file, s.final_file, gpus=s.gpus)
+                if not built:
+                    self.display.stage("data", f"splitting {s.task_file} with this run's secret seed")
+                data = ensure_run_data(self.run_dir, spec)
+            except ValueError as exc:  # FileTaskError included
+                raise StopRun(f"task file: {exc}") from exc
+            report = json.loads((data / FILE_REPORT).read_text())
+            for line in describe_build(report):
+                self.display.log(f"[cyan]data:[/] {escape(line)}")
+            self._file_data: Path | None = data
+        return data
 
     @property
     def executor(self) -> Executor:

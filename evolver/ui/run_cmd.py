@@ -62,6 +62,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     console = Console()
     root = repo_toplevel(args.repo)
     settings = load_settings(root, overrides=flag_overrides(args))
+    if settings.task_file and not args.resume:  # refuse a bad file before anything starts, naming the line
+        from puzzles.file_task import FileTaskError, file_task_spec
+
+        try:
+            file_task_spec(settings.task_file, settings.select_file, settings.final_file, gpus=settings.gpus)
+        except FileTaskError as exc:
+            console.print(f"[red]task file:[/] {exc}", markup=True, highlight=False)
+            return 2
     try:
         if executor_kind(settings.executor, settings.ray_address) == "ray":
             check_ray_address(settings.ray_address or os.environ.get("RAY_ADDRESS"))
