@@ -65,7 +65,8 @@ EVAL_CAP_FLOOR_S = 60.0
 MANIFEST_VERSION = 1
 REPORT_MAX_BYTES = 1 << 20
 CHECKPOINT_MAX_BYTES = 4 << 30
-EVAL_ARRAYS = ("predictions", "init_predictions", "mode_eval", "mode_train", "mode_comparable")
+EVAL_ARRAYS = ("predictions", "init_predictions", "buffers_predictions", "shuffled_predictions", "mode_eval",
+               "mode_train", "mode_comparable")
 
 Progress = Callable[[str, "int | None", str, "StageRun | None"], None]
 
