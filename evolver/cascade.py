@@ -13,8 +13,10 @@ the cascade. What each stage sees (all read-only; /out is the stage's own fresh 
 The harness copy holds only `smoketests/` and `puzzles/` (evolver/harness_copy.py); the engine root, the
 state directory, `.git`, `.env`, the worktrees and other runs' outputs are in no mount. The host owns:
 
-- the clock: the train stage is killed at the budget plus SETUP_ALLOWANCE_S of host-measured time, and a
-  stage that ran past it fails with that reason; the evaluate stage is capped relative to the parent's;
+- the clock: the train stage is killed at the budget plus a setup allowance of host-measured time (at most
+  SETUP_ALLOWANCE_S; a candidate's shrinks to its parent's measured start-up, evolver/clock.py), and a stage
+  that ran past it fails with that reason; the judge compares the train stage's host seconds with the
+  parent's beside it; the evaluate stage is capped relative to the parent's;
 - the eval conditions: the number of ACT segments comes from the trusted task spec (puzzles/tasks.py);
 - the verdict of every stage (evolver/gates.py) from files it reads back without following links
   (sandbox/readback.py), and the scores, from labels that never enter a sandbox.
