@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from evolver.cascade import SETUP_ALLOWANCE_S, CascadeResult, run_cascade, write_manifest
+from evolver.cascade import CascadeResult, run_cascade, write_manifest
 from evolver.clock import TRAINED_PAST_BUDGET, parent_overhead, setup_allowance_for
 from evolver.judge import CandidateJudge, Judgement, SideRun
 from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
@@ -190,8 +190,10 @@ def test_a_solver_armed_by_training_is_rejected(attack: str, backend: str, harne
 
 # ------------------------------------------------------------------ the clock of training
 
-CLOCK_BUDGET = 12.0
-CEILING_S = 60.0
+CLOCK_BUDGET = 20.0
+CEILING_S = 90.0
+"""The configured allowance of these tests (--setup-allowance): on this 2-core machine at load 13 an honest
+train stage in Docker took over 42 s for a 12 s budget. The candidates' allowance shrinks from it."""
 _BASELINES: dict[str, SideRun] = {}
 
 
@@ -216,21 +218,21 @@ def _allowance(backend: str, harness: Path, run_data: Path, tmp_path_factory: py
     backend and session), under whatever load the machine had then."""
     if backend not in _BASELINES:
         root = tmp_path_factory.mktemp(f"baseline-{backend}")
-        side = _train_side(_honest_tree(root / "tree"), harness, run_data, root / "out", backend, SETUP_ALLOWANCE_S)
+        side = _train_side(_honest_tree(root / "tree"), harness, run_data, root / "out", backend, CEILING_S)
         assert side.ok, side.reason
         _BASELINES[backend] = side
-    return setup_allowance_for(parent_overhead([_BASELINES[backend].evidence]), SETUP_ALLOWANCE_S)
+    return setup_allowance_for(parent_overhead([_BASELINES[backend].evidence]), CEILING_S)
 
 
 def _judge_pair(candidate: Path, harness: Path, run_data: Path, out: Path, backend: str,
                 allowance: float) -> tuple[Judgement | None, SideRun, SideRun]:
     """The real judge's first selection pair: the honest parent beside the candidate (two sandboxes at once,
-    the parent with the configured allowance, the candidate with ``allowance``), train stages only."""
+    the parent with the configured allowance CEILING_S, the candidate with ``allowance``), train stages only."""
     parent_tree = _honest_tree(out / "parent-tree")
 
     def measure(side: str, seed: int, phase: str) -> SideRun:
         if side == "parent":
-            return _train_side(parent_tree, harness, run_data, out / "parent", backend, SETUP_ALLOWANCE_S)
+            return _train_side(parent_tree, harness, run_data, out / "parent", backend, CEILING_S)
         return _train_side(candidate, harness, run_data, out / "candidate", backend, allowance)
 
     judge = CandidateJudge(measure, selection=SelectionRule(), confirmation=ConfirmationRule(),
@@ -244,8 +246,8 @@ def test_training_past_the_budget_does_not_pay(attack: str, backend: str, harnes
                                                tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Issue 23 (a), (b) and their kin: whatever the trainer says about its own time, a candidate whose train
     stage ran past its parent's beside it fails at train, or is killed by the host at the allowance its
-    parent's measured start-up gives it. stretch-under-kill gets a 60 s allowance (an unmeasured parent and a
-    generous --setup-allowance), so that only the pair check can stop it."""
+    parent's measured start-up gives it. stretch-under-kill gets the whole CEILING_S (an unmeasured parent), so
+    that only the pair check can stop it."""
     ceiling = attack == "stretch-under-kill"
     allowance = CEILING_S if ceiling else _allowance(backend, harness, run_data, tmp_path_factory)
     failed, parent, cand = _judge_pair(write_attack(tmp_path / "c", attack), harness, run_data, tmp_path / "out",

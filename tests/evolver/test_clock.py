@@ -42,7 +42,7 @@ def test_clock_checked_fails_only_the_candidate_at_train() -> None:
 def test_the_allowance_shrinks_to_the_parents_start_up() -> None:
     overhead = parent_overhead([_ev(64.0), _ev(67.0), {"seed": 3}])
     assert overhead == 7.0
-    assert setup_allowance_for(overhead, 30.0) == 21.0
+    assert setup_allowance_for(overhead, 30.0) == 28.0
     assert setup_allowance_for(1.0, 30.0) == ALLOWANCE_FLOOR_S
-    assert setup_allowance_for(20.0, 30.0) == 30.0
+    assert setup_allowance_for(10.0, 30.0) == 30.0
     assert setup_allowance_for(None, 30.0) == 30.0
