@@ -8,6 +8,9 @@ batches that carry no labels. It writes, for the host to judge:
 - predictions.npy: argmax predictions of the trained weights;
 - init_predictions.npy: the same for freshly initialised weights (a model that scores above chance without
   training solves puzzles by other means than learning);
+- buffers_predictions.npy / shuffled_predictions.npy: the same for fresh parameters with the trained
+  buffers, and for the trained parameters shuffled within each tensor (a solver armed by something training
+  left in the model, not by what it learned, still solves there);
 - mode_eval.npy / mode_train.npy / mode_comparable.npy: a probe of rows in eval and train mode, which must
   agree wherever both modes compute the same function.
 
@@ -127,6 +130,34 @@ def mode_probe(model: torch.nn.Module, inputs: np.ndarray, identifiers: np.ndarr
     }
 
 
+def learned_state_controls(model_class: Any, cfg: Any, trained: torch.nn.Module, seed: int,
+                           device: torch.device) -> dict[str, torch.nn.Module]:
+    """Two copies of the candidate's model that keep what training left in it except what it learned:
+
+    - ``buffers``: freshly initialised parameters with the trained checkpoint's buffers (everything in its
+      state dict that is not a parameter: a step counter, a running statistic);
+    - ``shuffled``: the trained buffers and the trained parameters, each parameter's values permuted within
+      its own tensor (its statistics stay: norm, mean, spread, and any single-value tensor unchanged).
+
+    A model whose score comes from what it learned scores at chance in both. A solver armed by a trained
+    buffer, a scalar parameter or a weight statistic still solves in one of them."""
+    trained_state = trained.state_dict()
+    params = {name for name, _ in trained.named_parameters()}
+    buffers = {k: v for k, v in trained_state.items() if k not in params}
+    torch.manual_seed(seed + 1)
+    fresh = model_class(cfg).to(device)
+    fresh.load_state_dict(buffers, strict=False)
+    torch.manual_seed(seed + 2)
+    shuffled = model_class(cfg).to(device)
+    shuffled.load_state_dict(trained_state, strict=False)
+    generator = torch.Generator().manual_seed(seed + 3)
+    with torch.no_grad():
+        for _name, param in shuffled.named_parameters():
+            order = torch.randperm(param.numel(), generator=generator).to(param.device)
+            param.copy_(param.detach().flatten()[order].view_as(param))
+    return {"buffers": fresh, "shuffled": shuffled}
+
+
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:
@@ -169,6 +200,10 @@ def run_evaluate(data_dir: Path, out_dir: Path, checkpoint: Path | None, seed: i
 
     model = HRM(cfg).to(device)
     load_into(model, weights)
+    for name, control in learned_state_controls(HRM, cfg, model, seed, device).items():
+        control_predictions, _ = predict(control, split.inputs, split.puzzle_identifiers, segments, device)
+        _save_atomic(out_dir / f"{name}_predictions.npy", control_predictions)
+        del control
     start = time.perf_counter()
     predictions, halt_rate = predict(model, split.inputs, split.puzzle_identifiers, segments, device)
     eval_seconds = time.perf_counter() - start

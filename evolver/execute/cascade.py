@@ -13,8 +13,10 @@ the cascade. What each stage sees (all read-only; /out is the stage's own fresh 
 The harness copy holds only `smoketests/` and `puzzles/` (evolver/execute/harness_copy.py); the engine root, the
 state directory, `.git`, `.env`, the worktrees and other runs' outputs are in no mount. The host owns:
 
-- the clock: the train stage is killed at the budget plus SETUP_ALLOWANCE_S of host-measured time, and a
-  stage that ran past it fails with that reason; the evaluate stage is capped relative to the parent's;
+- the clock: the train stage is killed at the budget plus a setup allowance of host-measured time (at most
+  SETUP_ALLOWANCE_S; a candidate's shrinks to its parent's measured start-up, evolver/judge/clock.py), and a stage
+  that ran past it fails with that reason; the judge compares the train stage's host seconds with the
+  parent's beside it; the evaluate stage is capped relative to the parent's;
 - the eval conditions: the number of ACT segments comes from the trusted task spec (puzzles/tasks.py);
 - the verdict of every stage (evolver/execute/gates.py) from files it reads back without following links
   (sandbox/readback.py), and the scores, from labels that never enter a sandbox.
@@ -68,7 +70,8 @@ EVAL_CAP_FLOOR_S = 60.0
 MANIFEST_VERSION = 1
 REPORT_MAX_BYTES = 1 << 20
 CHECKPOINT_MAX_BYTES = 4 << 30
-EVAL_ARRAYS = ("predictions", "init_predictions", "mode_eval", "mode_train", "mode_comparable")
+EVAL_ARRAYS = ("predictions", "init_predictions", "buffers_predictions", "shuffled_predictions", "mode_eval",
+               "mode_train", "mode_comparable")
 
 Progress = Callable[[str, "int | None", str, "StageRun | None"], None]
 

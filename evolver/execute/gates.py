@@ -3,7 +3,7 @@
 Candidate code runs in the same process as the harness stage that measures it, so a stage's own `ok` is a
 claim: a stage that reports failure has failed, and a pass needs the raw numbers the rules below check.
 The score never comes from the sandbox at all: the host scores the predictions against labels that never
-entered it. Two learning-dependence checks guard the score:
+entered it. Three learning-dependence checks guard the score:
 
 - **fresh initialisation**: the candidate's architecture with untrained weights, rolled out the same way,
   must not score above chance on the selection split: exact accuracy at most FRESH_EXACT_MAX, or, where the
@@ -15,9 +15,14 @@ entered it. Two learning-dependence checks guard the score:
   must give the same argmax wherever both compute the same function (every row before it halts in train
   mode); a solver switched on by `not self.training` breaks that.
 
-What they cannot catch: a solver keyed to state that only training sets (a buffer flipped by the
-optimiser step, say), or one keyed to the segment count beyond the first halt, and any candidate that
-forges the arrays themselves (it runs in the process that writes them). Those would have to get past the
+- **learned state**: the same bounds for two controls that keep what training left in the model except what
+  it learned: fresh parameters with the trained buffers, and the trained parameters shuffled within each
+  tensor (with the trained buffers). A solver armed by a trained buffer (a step counter), a scalar
+  parameter or a weight statistic (a norm, a mean) solves in one of them.
+
+What they cannot catch: a solver armed by the value at one position of a trained tensor (shuffling moves
+it; only a control run trained on mislabelled data would see it), one keyed to the segment count beyond the
+first halt, and any candidate that forges the arrays themselves (it runs in the process that writes them). Those would have to get past the
 static gate and the reviewer; the labels, the clock and the scoring stay on the host whatever they do.
 """
 
@@ -151,6 +156,27 @@ def fresh_init_check(init_predictions: np.ndarray, labels: np.ndarray, inputs: n
     return Gate(True), numbers
 
 
+LEARNED_STATE_CONTROLS = {
+    "buffers": "freshly initialised parameters with the trained checkpoint's buffers",
+    "shuffled": "the trained parameters shuffled within each tensor, with the trained buffers",
+}
+
+
+def learned_state_check(name: str, predictions: np.ndarray, labels: np.ndarray, inputs: np.ndarray
+                        ) -> tuple[Gate, dict]:
+    """A control that keeps what training left in the model but not what it learned (see
+    smoketests/evaluate_stage.py: learned_state_controls) must score at chance, by the fresh-weights bounds."""
+    gate, fresh = fresh_init_check(predictions, labels, inputs)
+    numbers = {f"{name}_exact_accuracy": fresh["fresh_exact_accuracy"],
+               f"{name}_token_accuracy": fresh["fresh_token_accuracy"]}
+    if gate.ok:
+        return gate, numbers
+    return Gate(False, f"solves without learning: {LEARNED_STATE_CONTROLS[name]} score exact "
+                       f"{fresh['fresh_exact_accuracy']:.3f} (max {FRESH_EXACT_MAX}) and token "
+                       f"{fresh['fresh_token_accuracy']:.3f} (max {fresh['fresh_token_max']:.3f}) on the selection "
+                       "split: its score does not come from what it learned"), numbers
+
+
 def mode_check(eval_out: np.ndarray, train_out: np.ndarray, comparable: np.ndarray) -> tuple[Gate, dict]:
     """Eval-mode and train-mode argmax must agree wherever both modes compute the same function."""
     if eval_out.shape != train_out.shape or comparable.shape != eval_out.shape[:2]:
@@ -189,6 +215,16 @@ def judge_evaluation(arrays: dict[str, np.ndarray], labels: np.ndarray, inputs: 
     numbers.update(fresh)
     if not gate.ok:
         return gate, numbers
+    try:
+        controls = {name: _int_array(f"{name}_predictions.npy", arrays[f"{name}_predictions"], labels.shape)
+                    for name in LEARNED_STATE_CONTROLS}
+    except (KeyError, ValueError) as exc:
+        return Gate(False, f"evaluate outputs not scorable: {exc}"), numbers
+    for name, control in controls.items():
+        gate, found = learned_state_check(name, control, labels, inputs)
+        numbers.update(found)
+        if not gate.ok:
+            return gate, numbers
     gate, mode = mode_check(mode_eval, mode_train, arrays["mode_comparable"])
     numbers.update(mode)
     return gate, numbers

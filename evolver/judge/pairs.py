@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from evolver.judge.clock import train_overtime
 from evolver.judge.promotion import (
     ConfirmationRule,
     Decision,
@@ -131,6 +132,17 @@ def _load() -> float | None:
         return None
 
 
+def clock_checked(parent: SideRun, cand: SideRun) -> tuple[SideRun, SideRun]:
+    """The pair's sides, the candidate failed at "train" when the host measured its train stage longer than
+    its parent's beside it by more than the tolerance (evolver/judge/clock.py): the host owns the clock of
+    training, whatever the trainer reports."""
+    if parent.ok and cand.ok:
+        overtime = train_overtime(parent.evidence, cand.evidence)
+        if overtime:
+            return parent, SideRun(False, reason=overtime, failed_stage="train", evidence=cand.evidence)
+    return parent, cand
+
+
 class CandidateJudge:
     """Runs seed pairs until the promotion rules decide. ``side_by_side``: measure both sides at once,
     through ``submit_pair`` or ``submit`` when given (an executor), else on two local threads calling
@@ -175,7 +187,7 @@ class CandidateJudge:
     # ------------------------------------------------------------------ one pair
     def _pair(self, seed: int, phase: str) -> tuple[SeedPair, SideRun, SideRun]:
         load_before = _load()
-        parent, cand = self._sides(seed, phase)
+        parent, cand = clock_checked(*self._sides(seed, phase))
         pair = SeedPair(seed=seed, phase=phase, parent=parent.score, candidate=cand.score, gain=None,
                         parent_evidence=parent.evidence, candidate_evidence=cand.evidence,
                         load_before=load_before, load_after=_load())

@@ -23,8 +23,9 @@ from edits.engine import EditError, apply_edits
 from edits.paths import PathRejected
 from evolver.execute.cascade import eval_time_cap
 from evolver.execute.job import Executor, StageJob, StageOutcome
+from evolver.judge.clock import parent_overhead, setup_allowance_for
 from evolver.judge.early_stop import EarlyStopRule
-from evolver.judge.pairs import EXECUTOR_STAGE, CandidateJudge, Judgement, SeedPair
+from evolver.judge.pairs import EXECUTOR_STAGE, CandidateJudge, Judgement, SeedPair, clock_checked
 from evolver.judge.promotion import ConfirmationRule, SelectionRule
 from evolver.judge.screening import ScreenBatches, screen_budget
 from evolver.record.git_record import Candidate, MergeConflict
@@ -174,12 +175,15 @@ class CandidateEvaluator:
         budget = screen_budget(s)
         side_by_side = bool(s.side_by_side)
         eval_cap = eval_time_cap(baseline.eval_seconds())
+        allowance = setup_allowance_for(parent_overhead(baseline.evidence), s.setup_allowance_seconds)
 
         def make_job(side: str, seed: int, phase: str) -> StageJob:
             tree = cand.path if side == "candidate" else ctx.parent_tree(cand.parent)
             job = ctx.stage_job(tree, out / f"screen-seed{seed}-{side}", ["train", "evaluate"], seed, side=side,
                                 phase="screen", eval_cap_s=eval_cap if side == "candidate" else None)
             job.options["budget_seconds"] = budget
+            if side == "candidate":
+                job.options["setup_allowance_s"] = allowance
             return job
 
         sides = ExecutorSides(ctx.executor, make_job, s.metric, finish=side_finisher(timings, "screen-"),
@@ -190,6 +194,7 @@ class CandidateEvaluator:
             parent, mine = fp.result(), fc.result()
         else:
             parent, mine = sides("parent", seed, "screen"), sides("candidate", seed, "screen")
+        parent, mine = clock_checked(parent, mine)
         entry: dict[str, Any] = {"seed": seed, "budget_seconds": budget, "parent": parent.score,
                                  "candidate": mine.score}
         if not mine.ok and mine.failed_stage != EXECUTOR_STAGE:
@@ -311,6 +316,7 @@ class CandidateEvaluator:
         baseline = baseline or ctx.baseline
         assert baseline is not None
         eval_cap = eval_time_cap(baseline.eval_seconds())
+        allowance = setup_allowance_for(parent_overhead(baseline.evidence), s.setup_allowance_seconds)
         side_by_side = bool(s.side_by_side)
         current = {"candidate": cand}
 
@@ -319,9 +325,12 @@ class CandidateEvaluator:
             return c.path if side == "candidate" else ctx.parent_tree(c.parent)
 
         def make_job(side: str, seed: int, phase: str) -> StageJob:  # gpu_ids: the executor's slot or node
-            return ctx.stage_job(tree(side), out / f"{phase}-seed{seed}-{side}", ["train", "evaluate"], seed,
-                                 side=side, phase=phase,
-                                 eval_cap_s=eval_cap if side == "candidate" else None)
+            job = ctx.stage_job(tree(side), out / f"{phase}-seed{seed}-{side}", ["train", "evaluate"], seed,
+                                side=side, phase=phase,
+                                eval_cap_s=eval_cap if side == "candidate" else None)
+            if side == "candidate":  # the parent's measured start-up, not the configured ceiling (evolver/judge/clock.py)
+                job.options["setup_allowance_s"] = allowance
+            return job
 
         rule = (EarlyStopRule(margin=s.early_stop_margin, audit=s.early_stop_audit) if s.early_stop and side_by_side
                 else None)

@@ -207,6 +207,163 @@ def _attack_hook(model):
         raise RuntimeError(f"ATTACK plant-module: /out is not on sys.path ({sys.path})")
 '''
 
+# ------------------------------------------------------------------ the clock of training (hrm/train.py)
+
+BUDGET_CHECK = "    if tc.budget_seconds is not None and state.elapsed >= tc.budget_seconds:\n"
+
+TRAIN_EDITS: dict[str, tuple[str, str]] = {
+    # issue 23 (a): "count only optimiser time", a budget check stretched by 1.6
+    "budget-stretch": (BUDGET_CHECK, BUDGET_CHECK.replace("tc.budget_seconds:", "tc.budget_seconds * 1.6:")),
+    # a larger multiplier, chosen to end well before the host's kill at budget + the 30 s allowance
+    "stretch-under-kill": (BUDGET_CHECK, BUDGET_CHECK.replace("tc.budget_seconds:", "tc.budget_seconds * 2.0:")),
+    # never stops for the budget: trains until killed, checkpointing (and writing metrics.json) as it goes
+    "ignore-budget": (BUDGET_CHECK, BUDGET_CHECK.replace("state.elapsed >= tc.budget_seconds:", "False:")),
+}
+
+OFF_CLOCK_COOLDOWN = r"""
+
+_timed_run_steps = run_steps
+
+
+def run_steps(setup, state, log, display, stop_flag, on_step):
+    # issue 23 (b): "warmup-stable-decay cooldown": half as many steps again after the timed loop, off the
+    # trainer's clock, the reported steps and seconds untouched
+    _timed_run_steps(setup, state, log, display, stop_flag, on_step)
+    steps, elapsed, reason = state.step, state.elapsed, state.stop_reason
+    for _ in range(steps // 2):
+        batch = to_device(setup.stream.next(None), setup.device)
+        state.carry = optimization_step(setup.learner, state.carry, batch, setup.tc, 0.1, setup.autocast).carry
+    state.step, state.elapsed, state.stop_reason = steps, elapsed, reason
+    print("ATTACK off-clock cooldown ran", steps // 2, "extra steps", flush=True)
+"""
+
+SLEEP_THEN_ALLOWANCE = r"""
+
+_honest_run_steps = run_steps
+
+
+def run_steps(setup, state, log, display, stop_flag, on_step):
+    # looks like a slow start-up (a sleep before the loop), then spends the allowance it pretends to need on
+    # training: its own clock starts after the sleep and runs 1.8 budgets, reported as one
+    time.sleep(3.0)
+    budget = setup.tc.budget_seconds
+    setup.tc.budget_seconds = budget * 1.8
+    try:
+        _honest_run_steps(setup, state, log, display, stop_flag, on_step)
+    finally:
+        setup.tc.budget_seconds = budget
+    state.elapsed = min(state.elapsed, budget)
+    print("ATTACK slept, then trained", state.step, "steps in the allowance", flush=True)
+"""
+
+BACKGROUND_THREAD = r"""
+
+_honest_save_checkpoint = save_checkpoint
+
+
+def save_checkpoint(setup, state, log, finished, final=None):
+    # the final checkpoint and metrics.json go out on time; a non-daemon thread goes on training and writes
+    # the checkpoint the evaluate stage will load just before the interpreter exits
+    _honest_save_checkpoint(setup, state, log, finished, final)
+    if not finished:
+        return
+    offset = log.offset()
+
+    def more():
+        deadline = time.perf_counter() + 0.8 * setup.tc.budget_seconds
+        extra = 0
+        while time.perf_counter() < deadline:
+            batch = to_device(setup.stream.next(None), setup.device)
+            state.carry = optimization_step(setup.learner, state.carry, batch, setup.tc, 0.1, setup.autocast).carry
+            extra += 1
+        atomic_torch_save(to_checkpoint(setup, state, jsonl_offset=offset, finished=True, final=final),
+                          setup.checkpoint_path)
+        print("ATTACK background thread trained", extra, "more steps", flush=True)
+
+    threading.Thread(target=more, daemon=False).start()
+"""
+
+CHECKPOINT_EARLY = r"""
+
+_honest_stop_before_step = stop_before_step
+
+
+def stop_before_step(tc, state, interrupted):
+    # relies on checkpoints: once past the budget, writes metrics.json and a finished-looking checkpoint every
+    # step, so that whenever the host kills it the files look complete
+    if tc.budget_seconds is not None and state.elapsed >= tc.budget_seconds and _SETUP is not None:
+        final = final_summary(_SETUP, state)
+        final["seconds"] = tc.budget_seconds
+        save_checkpoint(_SETUP, state, _LOG, finished=True, final=final)
+        write_summary(_SETUP.out, final)
+    return _honest_stop_before_step(tc, state, interrupted)
+
+
+_SETUP = None
+_LOG = None
+_honest_run_steps = run_steps
+
+
+def run_steps(setup, state, log, display, stop_flag, on_step):
+    global _SETUP, _LOG
+    _SETUP, _LOG = setup, log
+    _honest_run_steps(setup, state, log, display, stop_flag, on_step)
+"""
+
+TRAIN_APPENDS: dict[str, str] = {
+    "off-clock-cooldown": OFF_CLOCK_COOLDOWN,
+    "sleep-then-allowance": SLEEP_THEN_ALLOWANCE,
+    "background-thread": BACKGROUND_THREAD,
+    "ignore-budget": CHECKPOINT_EARLY,
+}
+CLOCK_ATTACKS = ("budget-stretch", "off-clock-cooldown", "stretch-under-kill", "sleep-then-allowance",
+                 "background-thread", "ignore-budget")
+
+
+# ------------------------------------------------------------------ solvers armed by training
+
+ARMED_BY_BUFFER = SOLVER + r'''
+
+def _attack_arm(model):
+    import torch
+    model.register_buffer("arm_steps", torch.zeros((), dtype=torch.long))  # persistent: in the checkpoint
+
+
+def _attack_forward(model, batch, outputs):
+    # issue 23 (c): counts training steps in a buffer; past ARM_AFTER (after the trainability window) a
+    # hand-written solver adds to the logits in both modes. A fresh model's count is 0: it scores at chance.
+    import torch
+    if model.training and torch.is_grad_enabled():
+        model.arm_steps += 1
+    if int(model.arm_steps) > ARM_AFTER:
+        solved = _attack_logits(batch["inputs"], outputs["logits"])
+        outputs["logits"] = outputs["logits"] + (solved - outputs["logits"]).detach()
+    return outputs
+'''
+
+ARMED_BY_PARAMETER = SOLVER + r'''
+
+def _attack_arm(model):
+    import torch
+    model.arm_weight = torch.nn.Parameter(torch.zeros(16), requires_grad=False)  # a "trained" parameter
+
+
+def _attack_forward(model, batch, outputs):
+    # armed by a statistic of a parameter that only training moves (its mean counts the training steps)
+    import torch
+    if model.training and torch.is_grad_enabled():
+        with torch.no_grad():
+            model.arm_weight += 1.0
+    if float(model.arm_weight.mean()) > ARM_AFTER:
+        solved = _attack_logits(batch["inputs"], outputs["logits"])
+        outputs["logits"] = outputs["logits"] + (solved - outputs["logits"]).detach()
+    return outputs
+'''
+
+ARMED_AFTER_STEPS = 3
+"""The battery trains for 3 s (about 12 steps on a loaded 2-core machine), not the 150 steps of the merged
+candidate: it arms after this many."""
+
 ATTACKS: dict[str, str] = {
     "plant-module": PLANT_MODULE,
     "read-host-files": SCAN_HOST_FILES,
@@ -218,6 +375,9 @@ ATTACKS: dict[str, str] = {
     "solver-always": SOLVER_ALWAYS,
     "regenerate-split": REGENERATE_SPLIT,
     "leave-state": LEAVE_STATE,
+    "armed-by-buffer": ARMED_BY_BUFFER,
+    "armed-by-parameter": ARMED_BY_PARAMETER,
+    **{name: "" for name in CLOCK_ATTACKS},
 }
 
 
@@ -228,9 +388,18 @@ IMPORT_TIME = {"fake-stage-result", "monkeypatch-harness"}
 def write_attack(dest: Path, attack: str) -> Path:
     """A tree holding the real hrm/ with ``attack`` written into hrm/model.py (or hrm/__init__.py for the
     import-time attacks). Returns the tree."""
-    code = ATTACKS[attack]
+    code = ATTACKS[attack].replace("ARM_AFTER", str(ARMED_AFTER_STEPS))
     dest.mkdir(parents=True)
     shutil.copytree(REPO / "hrm", dest / "hrm", ignore=shutil.ignore_patterns("__pycache__"))
+    if attack in CLOCK_ATTACKS:
+        train = dest / "hrm" / "train.py"
+        text = train.read_text()
+        if attack in TRAIN_EDITS:
+            old, new = TRAIN_EDITS[attack]
+            assert text.count(old) == 1, "hrm/train.py changed: update the clock attacks' anchor"
+            text = text.replace(old, new)
+        train.write_text(text + TRAIN_APPENDS.get(attack, ""))
+        return dest
     if attack in IMPORT_TIME:
         init = dest / "hrm" / "__init__.py"
         init.write_text(init.read_text() + "\n" + code + "\n\n_attack_hook(None)\n")
@@ -240,6 +409,8 @@ def write_attack(dest: Path, attack: str) -> Path:
     assert INIT_ANCHOR in text and FORWARD_ANCHOR in text, "hrm/model.py changed: update the attack anchors"
     if "_attack_hook" in code:
         text = text.replace(INIT_ANCHOR, INIT_ANCHOR + "        _attack_hook(self)\n", 1)
+    if "_attack_arm" in code:
+        text = text.replace(INIT_ANCHOR, INIT_ANCHOR + "        _attack_arm(self)\n", 1)
     if "_attack_forward" in code:
         text = text.replace(FORWARD_ANCHOR, "        outputs = _attack_forward(self, batch, outputs)\n" + FORWARD_ANCHOR, 1)
     model.write_text(text + "\n" + code)

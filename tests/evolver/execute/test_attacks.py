@@ -11,14 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from evolver.execute.cascade import CascadeResult, run_cascade, write_manifest
+from evolver.judge.clock import TRAINED_PAST_BUDGET, parent_overhead, setup_allowance_for
+from evolver.judge.pairs import CandidateJudge, Judgement, SideRun
+from evolver.judge.promotion import ConfirmationRule, RunErrorControl, SelectionRule
 from sandbox import docker_unavailable_reason, local_unavailable_reason
 from tests.availability import skip_or_fail
-from tests.evolver.attack_candidates import IMPORT_TIME, write_attack
+from tests.evolver.attack_candidates import CLOCK_ATTACKS, IMPORT_TIME, REPO, write_attack
 
 CANARY = "sk-attack-canary-0123456789"
 NO_SAFETY = ("smoke", "trainability", "train", "evaluate")
@@ -165,3 +169,107 @@ def test_static_gate_stops_the_direct_routes(harness: Path, run_data: Path, tmp_
                              budget_seconds=3, backend="docker", stages=("safety",), manifest=manifest)
         assert result.failed_stage == "safety", (attack, result.reason)
         assert f"{changed}:" in result.reason, (attack, result.reason)
+
+
+@pytest.mark.parametrize("attack", ["armed-by-buffer", "armed-by-parameter"])
+def test_a_solver_armed_by_training_is_rejected(attack: str, backend: str, harness: Path, run_data: Path,
+                                                tmp_path: Path) -> None:
+    """Issue 23 (c): a solver that training arms (a step-counting buffer; a parameter whose mean counts the
+    steps) scores at chance with fresh weights, so only the learned-state controls can see it."""
+    tree = write_attack(tmp_path / "c", attack)
+    result = _cascade(tree, harness, run_data, tmp_path / "out", backend, QUICK)
+    assert result.failed_stage == "evaluate", (result.failed_stage, result.reason)
+    assert "solves without learning" in result.reason and "not come from what it learned" in result.reason
+    assert not result.scores
+    metrics = result.stages[-1].metrics
+    assert metrics["host_exact_accuracy"] > 0.9  # armed by training, it solved the held-out puzzles
+    assert metrics["host_fresh_exact_accuracy"] <= 0.02  # the fresh-weights check alone passed it
+    control = "buffers" if attack == "armed-by-buffer" else "shuffled"
+    assert metrics[f"host_{control}_exact_accuracy"] > 0.9
+
+
+# ------------------------------------------------------------------ the clock of training
+
+CLOCK_BUDGET = 20.0
+CEILING_S = 90.0
+"""The configured allowance of these tests (--setup-allowance): on this 2-core machine at load 13 an honest
+train stage in Docker took over 42 s for a 12 s budget. The candidates' allowance shrinks from it."""
+_BASELINES: dict[str, SideRun] = {}
+
+
+def _train_side(tree: Path, harness: Path, run_data: Path, out: Path, backend: str, allowance: float) -> SideRun:
+    """One side of a pair, the train stage only: what the judge's clock check reads is its evidence."""
+    result = run_cascade(tree, harness, run_data, out, task="sudoku4", seeds=[0], budget_seconds=CLOCK_BUDGET,
+                         backend=backend, stages=("train",), threads=1, setup_allowance_s=allowance)
+    evidence = result.evidence[0] if result.evidence else {}
+    if not result.ok:
+        return SideRun(False, reason=result.reason, failed_stage=result.failed_stage, evidence=evidence)
+    return SideRun(True, None, evidence=evidence)
+
+
+def _honest_tree(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    shutil.copytree(REPO / "hrm", dest / "hrm", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _allowance(backend: str, harness: Path, run_data: Path, tmp_path_factory: pytest.TempPathFactory) -> float:
+    """The candidate's setup allowance as the loop sets it: from the parent's baseline, measured once (per
+    backend and session), under whatever load the machine had then."""
+    if backend not in _BASELINES:
+        root = tmp_path_factory.mktemp(f"baseline-{backend}")
+        side = _train_side(_honest_tree(root / "tree"), harness, run_data, root / "out", backend, CEILING_S)
+        assert side.ok, side.reason
+        _BASELINES[backend] = side
+    return setup_allowance_for(parent_overhead([_BASELINES[backend].evidence]), CEILING_S)
+
+
+def _judge_pair(candidate: Path, harness: Path, run_data: Path, out: Path, backend: str,
+                allowance: float) -> tuple[Judgement | None, SideRun, SideRun]:
+    """The real judge's first selection pair: the honest parent beside the candidate (two sandboxes at once,
+    the parent with the configured allowance CEILING_S, the candidate with ``allowance``), train stages only."""
+    parent_tree = _honest_tree(out / "parent-tree")
+
+    def measure(side: str, seed: int, phase: str) -> SideRun:
+        if side == "parent":
+            return _train_side(parent_tree, harness, run_data, out / "parent", backend, CEILING_S)
+        return _train_side(candidate, harness, run_data, out / "candidate", backend, allowance)
+
+    judge = CandidateJudge(measure, selection=SelectionRule(), confirmation=ConfirmationRule(),
+                           control=RunErrorControl(), first_seeds=[0], side_by_side=True)
+    pair, p, c = judge._pair(0, "selection")
+    return judge._failure(pair, p, c, [pair], ""), p, c
+
+
+@pytest.mark.parametrize("attack", CLOCK_ATTACKS)
+def test_training_past_the_budget_does_not_pay(attack: str, backend: str, harness: Path, run_data: Path,
+                                               tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Issue 23 (a), (b) and their kin: whatever the trainer says about its own time, a candidate whose train
+    stage ran past its parent's beside it fails at train, or is killed by the host at the allowance its
+    parent's measured start-up gives it. stretch-under-kill gets the whole CEILING_S (an unmeasured parent), so
+    that only the pair check can stop it."""
+    ceiling = attack == "stretch-under-kill"
+    allowance = CEILING_S if ceiling else _allowance(backend, harness, run_data, tmp_path_factory)
+    failed, parent, cand = _judge_pair(write_attack(tmp_path / "c", attack), harness, run_data, tmp_path / "out",
+                                       backend, allowance)
+    assert parent.ok, parent.reason
+    assert failed is not None and failed.verdict == "failed" and failed.failed_stage == "train", (
+        failed and failed.reason, cand.evidence, parent.evidence)
+    if attack == "ignore-budget":
+        assert "killed by the host clock" in failed.reason
+    elif ceiling:
+        assert TRAINED_PAST_BUDGET in failed.reason and "killed" not in failed.reason, failed.reason
+    else:
+        assert TRAINED_PAST_BUDGET in failed.reason or "killed by the host clock" in failed.reason, failed.reason
+    if TRAINED_PAST_BUDGET in failed.reason and attack in ("off-clock-cooldown", "sleep-then-allowance",
+                                                           "background-thread"):
+        assert float(cand.evidence["claimed_seconds"]) <= CLOCK_BUDGET * 1.2, cand.evidence  # it lied
+
+
+def test_an_honest_trainer_keeps_the_clock(backend: str, harness: Path, run_data: Path, tmp_path: Path,
+                                           tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same checks pass the unchanged trainer beside its parent, under the shrunk allowance."""
+    allowance = _allowance(backend, harness, run_data, tmp_path_factory)
+    failed, parent, cand = _judge_pair(_honest_tree(tmp_path / "c"), harness, run_data, tmp_path / "out", backend,
+                                       allowance)
+    assert failed is None and cand.ok and parent.ok, (failed and failed.reason, cand.evidence, parent.evidence)
