@@ -29,10 +29,13 @@ class Baseline:
     seconds: float
     cached: bool = False
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    task: str = ""  # the task it was measured on (a ladder moves the run's task: evolver/ceiling.py)
+    saturation: dict[str, Any] | None = None  # the saturation rule's finding on its scores (evolver/saturation.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"commit": self.commit, "tree": self.tree, "seeds": self.seeds, "scores": self.scores,
-                "seconds": self.seconds, "evidence": self.evidence}
+                "seconds": self.seconds, "evidence": self.evidence, "task": self.task,
+                "saturation": self.saturation}
 
     def eval_seconds(self) -> float | None:
         times = [float(e["eval_host_seconds"]) for e in self.evidence if e.get("eval_host_seconds")]
@@ -68,7 +71,7 @@ def measure_parent(ctx: RunContext, best: str | None = None) -> Baseline:
     if cache.exists():
         data = json.loads(cache.read_text())
         ctx.baseline = Baseline(best, tree, data["seeds"], data["scores"], data["seconds"], cached=True,
-                                evidence=list(data.get("evidence") or []))
+                                evidence=list(data.get("evidence") or []), task=ctx.settings.task)
         return ctx.baseline
     ctx.display.stage("baseline", f"measuring {best[:10]} on seeds {ctx.settings.seeds}")
     out = ctx.run_dir / "baseline" / tree[:12]
@@ -78,7 +81,7 @@ def measure_parent(ctx: RunContext, best: str | None = None) -> Baseline:
         raise StopRun(f"the baseline itself failed at stage {result.failed_stage}: {result.reason}")
     scores = [float(x) for x in result.scores[ctx.settings.metric]]
     ctx.baseline = Baseline(best, tree, list(ctx.settings.seeds), scores, result.seconds,
-                            evidence=result.evidence)
+                            evidence=result.evidence, task=ctx.settings.task)
     cache_baseline(ctx, ctx.baseline)
     return ctx.baseline
 

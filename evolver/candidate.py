@@ -26,6 +26,8 @@ from evolver.baseline import Baseline
 from evolver.cascade import eval_time_cap
 from evolver.early_stop import EarlyStopRule
 from evolver.executor import ExecutorSides
+from evolver.guards import GuardReport
+from evolver.guards_run import guard_message, run_guard_pairs, task_trailers
 from evolver.judge import EXECUTOR_STAGE, CandidateJudge, Judgement, SeedPair
 from evolver.merge_message import merge_message, merge_trailers
 from evolver.promotion import ConfirmationRule, SelectionRule
@@ -129,7 +131,9 @@ class CandidateEvaluator:
         assert baseline is not None
         changed = sorted({e.file for e in proposal.edits})
         out = ctx.run_dir / "candidates" / pid
-        gates = ctx.cascade(cand.path, out / "gates", GATE_STAGES, changed, cand.parent)
+        task = baseline.task or ctx.settings.task  # the task its parent was measured on (a ladder may move on)
+        result["task"] = task
+        gates = ctx.cascade(cand.path, out / "gates", GATE_STAGES, changed, cand.parent, task=task)
         result["stages"] = gates.to_dict()["stages"]
         for run in gates.stages:
             timings[run.stage] = timings.get(run.stage, 0.0) + float(run.duration_s)
@@ -152,8 +156,10 @@ class CandidateEvaluator:
                     ctx.record.record_result(current[0], "rejected", reason=str(exc))
                     return self.finish(result, "rejected", None, str(exc), timings)
             cand = current[0]
+            guards = (run_guard_pairs(ctx, cand, judgement, out, timings)
+                      if judgement.verdict == PASSED and ctx.settings.guard_tasks else None)
             with ctx.lock:
-                return self._settle(cand, proposal, result, timings, judgement, baseline)
+                return self._settle(cand, proposal, result, timings, judgement, baseline, guards)
         finally:
             if screen is not None:
                 screen[0].leave(screen[1])  # a member that ended before its screen holds up no batch
@@ -175,7 +181,8 @@ class CandidateEvaluator:
         def make_job(side: str, seed: int, phase: str) -> StageJob:
             tree = cand.path if side == "candidate" else ctx.parent_tree(cand.parent)
             job = ctx.stage_job(tree, out / f"screen-seed{seed}-{side}", ["train", "evaluate"], seed, side=side,
-                                phase="screen", eval_cap_s=eval_cap if side == "candidate" else None)
+                                phase="screen", eval_cap_s=eval_cap if side == "candidate" else None,
+                                task=baseline.task or None)
             job.options["budget_seconds"] = budget
             return job
 
@@ -238,7 +245,8 @@ class CandidateEvaluator:
             result["rebased"] = {"from_parent": cand.parent, "onto": best, "commit": ctx.record.candidate_info(
                 cand.proposal_id).tip}
             changed = sorted({e.file for e in proposal.edits})
-            gates = ctx.cascade(moved.path, out / "gates-rebased", GATE_STAGES, changed, best)
+            gates = ctx.cascade(moved.path, out / "gates-rebased", GATE_STAGES, changed, best,
+                                task=result.get("task"))
             result["rebased"]["stages"] = gates.to_dict()["stages"]
             if not gates.ok:
                 raise NotRebased(f"rebased onto the new best {best[:10]}, it fails the {gates.failed_stage} gate: "
@@ -249,7 +257,7 @@ class CandidateEvaluator:
         return before_confirmation
 
     def _settle(self, cand: Any, proposal: Proposal, result: dict[str, Any], timings: dict[str, float],
-                judgement: Judgement, baseline: Baseline) -> CycleOutcome:
+                judgement: Judgement, baseline: Baseline, guards: GuardReport | None = None) -> CycleOutcome:
         """Record a judged candidate's verdict: merged (with --auto-apply), pending review, or not passed."""
         ctx = self.ctx
         s = ctx.settings
@@ -268,13 +276,22 @@ class CandidateEvaluator:
         result["baseline"] = baseline.to_dict()
         scores = {k: comp[src] for k, src in (("score", "score"), ("delta", "delta"), ("baseline", "baseline_mean"),
                                               ("lower_bound", "lower_bound")) if comp.get(src) is not None}
-        trailers = {"rule": judgement.rule, "reason": judgement.reason,
+        task = str(result.get("task") or baseline.task or s.task)
+        trailers = {"rule": judgement.rule, "reason": judgement.reason, "task": task,
                     "seeds": comp["seeds"], "confirmation-seeds": comp["confirmation_seeds"]}
+        if guards is not None:
+            result["guards"] = guards.to_dict()
+            trailers["guards"] = guards.to_dict()
+            if guards.blocked:
+                reason = f"passed its confirmation, but a guard task blocks the merge: {guards.reason()}"
+                ctx.record.record_result(cand, "rejected", scores, reason=reason)
+                return self.finish(result, "rejected", None, reason, timings, comp)
         if judgement.verdict == PASSED and s.auto_apply:
             try:
-                merge = ctx.record.merge_candidate(cand, scores, metrics=trailers,
-                                                   message=merge_message(proposal, comp, judgement, s.metric),
-                                                   trailers=merge_trailers(proposal, comp, s.metric))
+                merge = ctx.record.merge_candidate(
+                    cand, scores, metrics=trailers,
+                    message=merge_message(proposal, comp, judgement, s.metric) + guard_message(guards),
+                    trailers=merge_trailers(proposal, comp, s.metric) + task_trailers(task, guards))
             except MergeConflict as exc:
                 ctx.record.record_result(cand, "rejected", scores, reason=str(exc))
                 return self.finish(result, "rejected", None, str(exc), timings, comp)
@@ -318,7 +335,7 @@ class CandidateEvaluator:
         def make_job(side: str, seed: int, phase: str) -> StageJob:  # gpu_ids: the executor's slot or node
             return ctx.stage_job(tree(side), out / f"{phase}-seed{seed}-{side}", ["train", "evaluate"], seed,
                                  side=side, phase=phase,
-                                 eval_cap_s=eval_cap if side == "candidate" else None)
+                                 eval_cap_s=eval_cap if side == "candidate" else None, task=baseline.task or None)
 
         rule = (EarlyStopRule(margin=s.early_stop_margin, audit=s.early_stop_audit) if s.early_stop and side_by_side
                 else None)

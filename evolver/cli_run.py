@@ -37,6 +37,13 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+def _names(text: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one task, e.g. sudoku4,sudoku6")
+    return names
+
+
 # ================================================================================================== run
 def add_run_command(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -52,6 +59,14 @@ def add_run_command(subparsers: Any) -> None:
     p.add_argument("--fallback-provider", default=None,
                    help="provider to switch to when the LLM server is unreachable (e.g. offline)")
     p.add_argument("--task", default=None, help="HRM preset/task to score on (default sudoku4)")
+    p.add_argument("--task-ladder", type=_names, default=None, metavar="T1,T2,...",
+                   help="tasks to climb: start on the first and move to the next when the best saturates (every "
+                        "seed within the noise of --solved-at); the run ends when the last saturates")
+    p.add_argument("--guard-tasks", type=_names, default=None, metavar="T1,...",
+                   help="tasks a confirmed winner is also trained on beside its parent; a regression beyond the "
+                        "margin on any of them blocks its merge (README: Guard tasks)")
+    p.add_argument("--solved-at", type=_positive_float, default=None,
+                   help="the score at which the task counts as solved, the saturation rule's ceiling (default 1.0)")
     p.add_argument("--seeds", type=_seeds, default=None,
                    help="the first selection seeds of every candidate (default 0,1,2); more are added while the "
                         "candidate is promising but undecided")
@@ -147,7 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
             "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids", "image",
             "executor", "ray_address", "workers", "cohort", "screen", "screen_fraction", "screen_budget_seconds",
-            "screen_audit", "early_stop", "early_stop_margin", "early_stop_audit")
+            "screen_audit", "early_stop", "early_stop_margin", "early_stop_audit", "task_ladder", "guard_tasks",
+            "solved_at")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     try:
         if executor_kind(settings.executor, settings.ray_address) == "ray":
@@ -204,8 +220,10 @@ def add_report_command(subparsers: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from evolver.ceiling import SATURATION_FILE
     from evolver.record import open_run
-    from evolver.report import write_report
+    from evolver.report import ceiling_summary, write_report
+    from evolver.saturation import LADDER_FILE
     from evolver.store import ProposalStore
 
     with open_run(args.repo, args.run_id) as record:
@@ -213,7 +231,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         results = [r for r in (store.result(pid) for pid in store.ids()) if r]
         baseline = next((r.get("baseline") for r in results if r.get("baseline")), None)
         out = args.out or (record.root / ".hrm-evolve" / "reports" / record.run_id)
-        paths = write_report(results, out, baseline, record=record)
+        ceiling = ceiling_summary(store.run_file(LADDER_FILE), store.run_file(SATURATION_FILE), results)
+        paths = write_report(results, out, baseline, record=record, ceiling=ceiling)
     console = Console()
     console.print(paths["text"].read_text(), markup=False, highlight=False)
     for name, path in paths.items():

@@ -31,6 +31,7 @@ from edits.paths import PathPolicy
 from evolver import fidelity
 from evolver.baseline import Baseline, measure_parent, weak_baseline_warning
 from evolver.candidate import GATE_STAGES, CandidateEvaluator, CycleOutcome
+from evolver.ceiling import check_ceiling
 from evolver.cohort import CycleOrder, start_in_background, wait_any
 from evolver.display import LoopDisplay
 from evolver.judge import Judgement
@@ -178,10 +179,15 @@ class EvolutionLoop:
 
     # ------------------------------------------------------------------ the jobs
     def measure_baseline(self) -> Baseline:
-        """Measure (or take from the cache) the run's best commit: the parent of the next candidates."""
-        with self.ctx.lock:
-            best = self.record.best_commit()
-        return measure_parent(self.ctx, best)
+        """Measure (or take from the cache) the run's best commit: the parent of the next candidates. A best
+        that is saturated on its task moves the run up its task ladder and is measured there (evolver/ceiling.py),
+        or ends the run (StopRun)."""
+        while True:
+            with self.ctx.lock:
+                best = self.record.best_commit()
+            baseline = measure_parent(self.ctx, best)
+            if not check_ceiling(self.ctx, baseline):  # saturated: the ladder moved (or StopRun at its top)
+                return baseline
 
     def evaluate_candidate(self, proposal: Proposal, cycle: int, info: dict[str, Any]) -> CycleOutcome:
         """Apply, gate and judge one proposal against the current parent, and record its result."""
@@ -302,6 +308,8 @@ class EvolutionLoop:
         d = self.display
         d.set_header(run=self.run_id, provider=s.provider, task=s.task, seeds=s.seeds,
                      budget=f"{s.budget_seconds:g}s")
+        if self.ctx.ladder is not None:
+            d.set_header(ladder=f"{self.ctx.ladder.position + 1}/{len(self.ctx.ladder.tasks)}")
         try:
             self._preflight()
             self.ctx.check_cluster()
@@ -411,7 +419,11 @@ class EvolutionLoop:
             best = self.record.best_commit()
         parent = self.baseline
         if parent is None or parent.commit != best:
-            parent = self.measure_baseline()
+            try:
+                parent = self.measure_baseline()
+            except StopRun as exc:  # a saturated best: the cycles in flight finish, no new one starts
+                self.stop_reason = str(exc)
+                return None
         try:
             proposal, info = self.propose(cycle, parent=parent)
         except ProviderError as exc:

@@ -24,6 +24,9 @@ class Settings:
     llm_timeout: float = 120.0  # seconds to wait for the server's first chunk and between chunks
     llm_retries: int = 3  # retries after a timeout, a dropped connection or HTTP 5xx
     task: str = "sudoku4"
+    task_ladder: list[str] = field(default_factory=list)  # tasks climbed when the best saturates (evolver/saturation.py)
+    guard_tasks: list[str] = field(default_factory=list)  # tasks a confirmed winner must not regress on (evolver/guards.py)
+    solved_at: float = 1.0  # the score at which a task counts as solved (the saturation rule's ceiling)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the first selection seeds of every candidate
     max_seeds: int = 10  # selection stops at this many seed pairs (sequential rule: evolver/promotion.py)
     confirm_seeds: int = 6  # fresh seed pairs a selected candidate is confirmed on
