@@ -37,7 +37,7 @@ def check_ceiling(ctx: RunContext, baseline: Baseline) -> bool:
         d.set_header(saturated="no")
         return False
     d.set_header(saturated=f"yes ({task})")
-    d.log(f"[bold yellow]saturated:[/] the best {baseline.commit[:10]} on {task}: {escape(finding.reason)}")
+    d.notice(f"[bold yellow]saturated:[/] the best {baseline.commit[:10]} on {task}: {escape(finding.reason)}")
     rule = rule_text(s.margin, s.solved_at)
     ladder = ctx.ladder
     if ladder is None:

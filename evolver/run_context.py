@@ -192,9 +192,10 @@ class RunContext:
         """``task``'s splits for this run (built once, on the host, from a secret seed in the run folder)."""
         spec = get_task(task)
         root = self.run_dir if task == self.home_task else self.run_dir / "tasks" / task
-        if not (root / "data" / "select" / "dataset.json").exists():
-            self.display.stage("data", f"building the {spec.name} splits from this run's secret seed")
-        return ensure_run_data(root, spec)
+        with self.lock:  # a cohort's cycles may ask for a guard task's splits at once: built once
+            if not (root / "data" / "select" / "dataset.json").exists():
+                self.display.stage("data", f"building the {spec.name} splits from this run's secret seed")
+            return ensure_run_data(root, spec)
 
     @property
     def executor(self) -> Any:

@@ -194,3 +194,24 @@ def test_the_report_shows_the_ladder_the_saturations_and_the_merges_per_task() -
 
     page = summary_html(RunView(run_id="r", candidates=[], summary=summarize(results, None, ceiling)))
     assert "task ladder" in page and "sudoku4 -&gt; sudoku6" in page
+
+
+def test_the_display_keeps_a_saturation_in_the_live_panel_and_under_the_final_table(user_repo: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=200, force_terminal=False, color_system=None)
+    ctx = _ctx(user_repo)
+    with LoopDisplay(console) as display:
+        ctx.display = display
+        assert check_ceiling(ctx, _baseline(ctx, [1.0, 1.0]))
+        panel = Console(file=io.StringIO(), width=200)
+        panel.print(display._render())
+        assert "saturated: the best" in panel.file.getvalue()  # type: ignore[attr-defined]
+        assert display.header["saturated"] == "no" and display.header["task"] == "sudoku6"
+    out = buf.getvalue()
+    assert out.count("saturated: the best") == 2  # when found, and again at the end, after the later log lines
+    assert out.rindex("saturated: the best") > out.index("moving to sudoku6")
+    ctx.record.close()
