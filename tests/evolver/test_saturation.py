@@ -215,3 +215,15 @@ def test_the_display_keeps_a_saturation_in_the_live_panel_and_under_the_final_ta
     assert out.count("saturated: the best") == 2  # when found, and again at the end, after the later log lines
     assert out.rindex("saturated: the best") > out.index("moving to sudoku6")
     ctx.record.close()
+
+
+def test_the_page_shows_each_candidates_task_and_guards(tmp_path: Path) -> None:
+    from evolver.report_html import write_html_report
+
+    report = run_guards(["maze"], lambda task, sides, seed: [_done(SideRun(True, 0.6)), _done(SideRun(True, 0.0))],
+                        seeds=[100000, 100001, 100002], used=[0, 1], level=0.075, margin=0.01)
+    results = [{"proposal_id": "mask-maze", "run_id": "r", "cycle": 1, "verdict": "rejected", "task": "sudoku4",
+                "reason": "guard", "guards": report.to_dict()}]
+    page = write_html_report(tmp_path / "report.html", results).read_text()
+    assert '<tr data-guard="maze">' in page and "block" in page and "-0.6000" in page
+    assert "<th>task</th><td>sudoku4</td>" in page
