@@ -156,7 +156,7 @@ class CandidateEvaluator:
                     ctx.record.record_result(current[0], "rejected", reason=str(exc))
                     return self.finish(result, "rejected", None, str(exc), timings)
             cand = current[0]
-            guards = (run_guard_pairs(ctx, cand, judgement, out, timings)
+            guards = (run_guard_pairs(ctx, cand, judgement, out, timings, task=result.get("task"))
                       if judgement.verdict == PASSED and ctx.settings.guard_tasks else None)
             with ctx.lock:
                 return self._settle(cand, proposal, result, timings, judgement, baseline, guards)

@@ -28,14 +28,17 @@ def confirmation_level(judgement: Judgement) -> float:
 
 
 def run_guard_pairs(ctx: RunContext, cand: Any, judgement: Judgement, out: Path,
-                    timings: dict[str, float]) -> GuardReport:
+                    timings: dict[str, float], task: str | None = None) -> GuardReport | None:
     """Train and score the winner beside its parent (a pinned copy of the commit it branched from) on each of
-    the run's guard tasks, on the confirmation's seeds; each side's stage seconds add to ``timings`` as
-    guard-<stage> and parent-guard-<stage>."""
+    the run's guard tasks but ``task`` (the one it was judged on: a ladder's earlier task becomes a guard once
+    the run has moved past it), on the confirmation's seeds; each side's stage seconds add to ``timings`` as
+    guard-<stage> and parent-guard-<stage>. None when no guard task is left."""
     from evolver.candidate import side_finisher  # the candidate module imports this one
 
     s = ctx.settings
-    tasks = [t for t in s.guard_tasks]
+    tasks = [t for t in s.guard_tasks if t != task]
+    if not tasks:
+        return None
     seeds = [int(x) for x in judgement.to_dict()["confirmation_seeds"]] or list(s.seeds)
     used = [p.seed for p in judgement.pairs]
     level = confirmation_level(judgement)

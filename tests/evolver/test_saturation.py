@@ -227,3 +227,11 @@ def test_the_page_shows_each_candidates_task_and_guards(tmp_path: Path) -> None:
     page = write_html_report(tmp_path / "report.html", results).read_text()
     assert '<tr data-guard="maze">' in page and "block" in page and "-0.6000" in page
     assert "<th>task</th><td>sudoku4</td>" in page
+
+
+def test_a_guard_task_that_is_the_judged_task_is_skipped(user_repo: Path) -> None:
+    from evolver.guards_run import run_guard_pairs
+
+    ctx = _ctx(user_repo, guard_tasks=["sudoku4"])  # the ladder's first task, guarded once the run moves on
+    assert run_guard_pairs(ctx, object(), object(), user_repo, {}, task="sudoku4") is None  # type: ignore[arg-type]
+    ctx.record.close()
