@@ -430,8 +430,8 @@ def _non_training_share(timings: dict[str, float]) -> float | None:
     total = sum(timings.values())
     if not total:
         return None
-    training = sum(v for k, v in timings.items() if k.removeprefix("screen-").removeprefix("parent-")
-                   in ("train", "evaluate"))
+    training = sum(v for k, v in timings.items()
+                   if k.removeprefix("screen-").removeprefix("guard-").removeprefix("parent-") in ("train", "evaluate"))
     return 1 - training / total
 
 

@@ -32,7 +32,7 @@ def run_guard_pairs(ctx: RunContext, cand: Any, judgement: Judgement, out: Path,
     """Train and score the winner beside its parent (a pinned copy of the commit it branched from) on each of
     the run's guard tasks but ``task`` (the one it was judged on: a ladder's earlier task becomes a guard once
     the run has moved past it), on the confirmation's seeds; each side's stage seconds add to ``timings`` as
-    guard-<stage> and parent-guard-<stage>. None when no guard task is left."""
+    guard-<stage> and guard-parent-<stage>. None when no guard task is left."""
     from evolver.candidate import side_finisher  # the candidate module imports this one
 
     s = ctx.settings

@@ -78,7 +78,7 @@ def summarize(results: list[dict[str, Any]], baseline: dict[str, Any] | None = N
 def is_training(stage: str) -> bool:
     """Whether a timings key is training or scoring (either side of a pair, a screen pair): the rest of a
     cycle (the LLM, the patch, the gates) is the cost outside training."""
-    return stage.removeprefix("screen-").removeprefix("parent-") in ("train", "evaluate")
+    return stage.removeprefix("screen-").removeprefix("guard-").removeprefix("parent-") in ("train", "evaluate")
 
 
 FIDELITY_TITLE = "Fidelity of the cheap stages"

@@ -171,7 +171,7 @@ def test_guard_task_blocks_a_winner_that_regresses_there(snapshot: Path, tmp_pat
     assert guard["candidate"] == [0.0, 0.0, 0.0] and min(guard["parent"]) > 0.5  # ... and loses all of maze
     assert guard["seeds"] == blocked["comparison"]["confirmation_seeds"]  # type: ignore[index]
     assert guard["upper_bound"] <= -0.5 and guard["level"] == blocked["judgement"]["confirmation"]["numbers"]["level"]  # type: ignore[index]
-    assert blocked["timings"].get("guard-train") and blocked["timings"].get("parent-guard-train")  # type: ignore[union-attr]
+    assert blocked["timings"].get("guard-train") and blocked["timings"].get("guard-parent-train")  # type: ignore[union-attr]
 
     merged = _record_json(repo, run_id, f"proposals/{run_id}/unmask-sudoku4/result.json")
     assert merged["verdict"] == "merged", merged["reason"]
