@@ -20,7 +20,7 @@ from evolver.propose.literature import literature_context
 from evolver.propose.look import RequestContext, choose_protocol
 from evolver.propose.providers import get_provider
 from evolver.propose.task_facts import task_facts
-from evolver.run.baseline import Baseline
+from evolver.run.state import Baseline
 from proposals.schema import proposal_json_schema
 from puzzles.tasks import get_task
 

@@ -56,6 +56,14 @@ class Settings:
                                             "also in train are dropped", metavar="JSONL")
     final_file: str | None = setting(None, "fixed final split for --task-file (with --select-file)",
                                      metavar="JSONL")
+    task_ladder: list[str] = setting(help="tasks to climb: start on the first and move to the next when the best "
+                                          "saturates (every seed within the noise of --solved-at); the run ends "
+                                          "when the last saturates", factory=list, metavar="T1,T2,...")
+    guard_tasks: list[str] = setting(help="tasks a confirmed winner is also trained on beside its parent; a "
+                                          "regression beyond the margin on any of them blocks its merge (README: "
+                                          "Guard tasks)", factory=list, metavar="T1,...")
+    solved_at: float = setting(1.0, "the score at which the task counts as solved, the saturation rule's ceiling",
+                               check="positive")
     seeds: list[int] = setting(help="the first selection seeds of every candidate, e.g. 0,1,2; more are added "
                                     "while the candidate is promising but undecided",
                                factory=lambda: [0, 1, 2], metavar="S,S,...")

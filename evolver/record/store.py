@@ -28,6 +28,7 @@ DIFF_FILE = "diff.patch"
 RESULT_FILE = "result.json"
 STORE_ROOT = "proposals"
 REPLIES_ROOT = "replies"
+RUNS_ROOT = "runs"
 
 FileContent = str | bytes | Mapping[str, Any]
 
@@ -148,6 +149,21 @@ class ProposalStore:
     def ids(self) -> list[str]:
         """Proposal ids stored in the record, sorted."""
         return self.record.list_record_dir(f"{STORE_ROOT}/{self.run_id}")
+
+    # ----------------------------------------------------------------- run-level files
+    def save_run_file(self, name: str, content: FileContent, message: str | None = None) -> str | None:
+        """Store a run-level file (``runs/<run-id>/<name>``, e.g. the task ladder's state) and commit it."""
+        rel = f"{RUNS_ROOT}/{self.run_id}/{check_name('run file', name)}"
+        atomic_write(self.record.record_worktree() / rel, _encode(content))
+        return self.record.commit_record_files([rel], message or f"Store {name} (run {self.run_id})")
+
+    def run_file(self, name: str) -> dict[str, Any] | None:
+        """A stored run-level JSON file, or None."""
+        text = self.record.show_record_file(f"{RUNS_ROOT}/{self.run_id}/{check_name('run file', name)}")
+        if text is None:
+            return None
+        data = json.loads(text)
+        return data if isinstance(data, dict) else None
 
     # ----------------------------------------------------------------- refused replies
     def save_refused_reply(self, entry: Mapping[str, Any]) -> str | None:

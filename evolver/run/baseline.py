@@ -48,7 +48,7 @@ def measure_parent(ctx: RunContext, best: str | None = None) -> Baseline:
     if cache.exists():
         data = json.loads(cache.read_text())
         return Baseline(best, tree, data["seeds"], data["scores"], data["seconds"], cached=True,
-                        evidence=list(data.get("evidence") or []))
+                        evidence=list(data.get("evidence") or []), task=ctx.settings.task)
     ctx.display.stage("baseline", f"measuring {best[:10]} on seeds {ctx.settings.seeds}")
     out = ctx.run_dir / "baseline" / tree[:12]
     result = ctx.cascade(ctx.parent_tree(best), out, ("train", "evaluate"), [], best, side="parent",
@@ -56,7 +56,8 @@ def measure_parent(ctx: RunContext, best: str | None = None) -> Baseline:
     if not result.ok:
         raise StopRun(f"the baseline itself failed at stage {result.failed_stage}: {result.reason}")
     scores = [float(x) for x in result.scores[ctx.settings.metric]]
-    baseline = Baseline(best, tree, list(ctx.settings.seeds), scores, result.seconds, evidence=result.evidence)
+    baseline = Baseline(best, tree, list(ctx.settings.seeds), scores, result.seconds, evidence=result.evidence,
+                        task=ctx.settings.task)
     cache_baseline(ctx, baseline)
     return baseline
 

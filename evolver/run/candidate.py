@@ -22,17 +22,19 @@ from typing import Any, Protocol
 from edits.engine import EditError, apply_edits
 from edits.paths import PathRejected
 from evolver.execute.cascade import eval_time_cap
-from evolver.execute.job import Executor, StageJob, StageOutcome
+from evolver.execute.job import Executor, StageJob
 from evolver.judge.clock import parent_overhead, setup_allowance_for
 from evolver.judge.early_stop import EarlyStopRule
+from evolver.judge.guards import GuardReport
 from evolver.judge.pairs import EXECUTOR_STAGE, CandidateJudge, Judgement, SeedPair, clock_checked
 from evolver.judge.promotion import ConfirmationRule, SelectionRule
 from evolver.judge.screening import ScreenBatches, screen_budget
 from evolver.record.git_record import Candidate, MergeConflict
 from evolver.record.merge_message import merge_message, merge_trailers
 from evolver.run.context import RunContext
+from evolver.run.guards_run import guard_message, run_guard_pairs, task_trailers
 from evolver.run.no_effect import check_duplicate, index_of, run_gates
-from evolver.run.sides import ExecutorSides
+from evolver.run.sides import ExecutorSides, side_finisher
 from evolver.run.state import Baseline, CycleOutcome, utc_now
 from evolver.verdicts import DUPLICATE, NO_EFFECT, PASSED, SCREENED_OUT
 from proposals.schema import Proposal
@@ -128,7 +130,10 @@ class CandidateEvaluator:
         assert baseline is not None
         changed = sorted({e.file for e in proposal.edits})
         out = ctx.run_dir / "candidates" / pid
-        gates, no_effect = run_gates(ctx, cand.path, out / "gates", GATE_STAGES, changed, cand.parent, result)
+        task = baseline.task or ctx.settings.task  # the task its parent was measured on (a ladder may move on)
+        result["task"] = task
+        gates, no_effect = run_gates(ctx, cand.path, out / "gates", GATE_STAGES, changed, cand.parent, result,
+                                     task=task)
         result["stages"] = gates.to_dict()["stages"]
         for run in gates.stages:
             timings[run.stage] = timings.get(run.stage, 0.0) + float(run.duration_s)
@@ -156,8 +161,10 @@ class CandidateEvaluator:
                     ctx.record.record_result(current[0], "rejected", reason=str(exc))
                     return self.finish(result, "rejected", None, str(exc), timings)
             cand = current[0]
+            guards = (run_guard_pairs(ctx, cand, judgement, out, timings, task=result.get("task"))
+                      if judgement.verdict == PASSED and ctx.settings.guard_tasks else None)
             with ctx.lock:
-                return self._settle(cand, proposal, result, timings, judgement, baseline)
+                return self._settle(cand, proposal, result, timings, judgement, baseline, guards)
         finally:
             if screen is not None:
                 screen[0].leave(screen[1])  # a member that ended before its screen holds up no batch
@@ -180,7 +187,8 @@ class CandidateEvaluator:
         def make_job(side: str, seed: int, phase: str) -> StageJob:
             tree = cand.path if side == "candidate" else ctx.parent_tree(cand.parent)
             job = ctx.stage_job(tree, out / f"screen-seed{seed}-{side}", ["train", "evaluate"], seed, side=side,
-                                phase="screen", eval_cap_s=eval_cap if side == "candidate" else None)
+                                phase="screen", eval_cap_s=eval_cap if side == "candidate" else None,
+                                task=baseline.task or None)
             job.options["budget_seconds"] = budget
             if side == "candidate":
                 job.options["setup_allowance_s"] = allowance
@@ -246,7 +254,8 @@ class CandidateEvaluator:
             result["rebased"] = {"from_parent": cand.parent, "onto": best, "commit": ctx.record.candidate_info(
                 cand.proposal_id).tip}
             changed = sorted({e.file for e in proposal.edits})
-            gates = ctx.cascade(moved.path, out / "gates-rebased", GATE_STAGES, changed, best)
+            gates = ctx.cascade(moved.path, out / "gates-rebased", GATE_STAGES, changed, best,
+                                task=result.get("task"))
             result["rebased"]["stages"] = gates.to_dict()["stages"]
             if not gates.ok:
                 raise NotRebased(f"rebased onto the new best {best[:10]}, it fails the {gates.failed_stage} gate: "
@@ -257,7 +266,7 @@ class CandidateEvaluator:
         return before_confirmation
 
     def _settle(self, cand: Candidate, proposal: Proposal, result: dict[str, Any], timings: dict[str, float],
-                judgement: Judgement, baseline: Baseline) -> CycleOutcome:
+                judgement: Judgement, baseline: Baseline, guards: GuardReport | None = None) -> CycleOutcome:
         """Record a judged candidate's verdict: merged (with --auto-apply), pending review, or not passed."""
         ctx = self.ctx
         s = ctx.settings
@@ -276,13 +285,22 @@ class CandidateEvaluator:
         result["baseline"] = baseline.to_dict()
         scores = {k: comp[src] for k, src in (("score", "score"), ("delta", "delta"), ("baseline", "baseline_mean"),
                                               ("lower_bound", "lower_bound")) if comp.get(src) is not None}
-        trailers = {"rule": judgement.rule, "reason": judgement.reason,
+        task = str(result.get("task") or baseline.task or s.task)
+        trailers = {"rule": judgement.rule, "reason": judgement.reason, "task": task,
                     "seeds": comp["seeds"], "confirmation-seeds": comp["confirmation_seeds"]}
+        if guards is not None:
+            result["guards"] = guards.to_dict()
+            trailers["guards"] = guards.to_dict()
+            if guards.blocked:
+                reason = f"passed its confirmation, but a guard task blocks the merge: {guards.reason()}"
+                ctx.record.record_result(cand, "rejected", scores, reason=reason)
+                return self.finish(result, "rejected", None, reason, timings, comp)
         if judgement.verdict == PASSED and s.auto_apply:
             try:
-                merge = ctx.record.merge_candidate(cand, scores, metrics=trailers,
-                                                   message=merge_message(proposal, comp, judgement, s.metric),
-                                                   trailers=merge_trailers(proposal, comp, s.metric))
+                merge = ctx.record.merge_candidate(
+                    cand, scores, metrics=trailers,
+                    message=merge_message(proposal, comp, judgement, s.metric) + guard_message(guards),
+                    trailers=merge_trailers(proposal, comp, s.metric) + task_trailers(task, guards))
             except MergeConflict as exc:
                 ctx.record.record_result(cand, "rejected", scores, reason=str(exc))
                 return self.finish(result, "rejected", None, str(exc), timings, comp)
@@ -327,7 +345,7 @@ class CandidateEvaluator:
         def make_job(side: str, seed: int, phase: str) -> StageJob:  # gpu_ids: the executor's slot or node
             job = ctx.stage_job(tree(side), out / f"{phase}-seed{seed}-{side}", ["train", "evaluate"], seed,
                                 side=side, phase=phase,
-                                eval_cap_s=eval_cap if side == "candidate" else None)
+                                eval_cap_s=eval_cap if side == "candidate" else None, task=baseline.task or None)
             if side == "candidate":  # the parent's measured start-up, not the configured ceiling (evolver/judge/clock.py)
                 job.options["setup_allowance_s"] = allowance
             return job
@@ -426,23 +444,6 @@ def _non_training_share(timings: dict[str, float]) -> float | None:
     total = sum(timings.values())
     if not total:
         return None
-    training = sum(v for k, v in timings.items() if k.removeprefix("screen-").removeprefix("parent-")
-                   in ("train", "evaluate"))
+    training = sum(v for k, v in timings.items()
+                   if k.removeprefix("screen-").removeprefix("guard-").removeprefix("parent-") in ("train", "evaluate"))
     return 1 - training / total
-
-
-def side_finisher(timings: dict[str, float], prefix: str = "") -> Callable[[StageJob, StageOutcome], None]:
-    """What ExecutorSides calls with each side's outcome: save its cascade.json in the side's out_dir and add
-    its stage seconds to ``timings`` (the candidate's as <stage>, the parent's as parent-<stage>, both after
-    ``prefix``: "screen-" for a screen pair). A side the executor lost has nothing to save (the judge voids
-    its pair)."""
-    def finish(job: StageJob, outcome: StageOutcome) -> None:
-        res = outcome.cascade()
-        if res is None:
-            return
-        Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-        res.save(Path(job.out_dir) / "cascade.json")
-        for run in res.stages:
-            key = prefix + (run.stage if job.side == "candidate" else f"parent-{run.stage}")
-            timings[key] = timings.get(key, 0.0) + float(run.duration_s)
-    return finish

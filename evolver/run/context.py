@@ -33,6 +33,7 @@ from evolver.execute.job import Executor, StageJob, StageOutcome
 from evolver.execute.local import executor_kind, make_executor
 from evolver.execute.ray_executor import RayExecutor
 from evolver.judge.promotion import RunErrorControl
+from evolver.judge.saturation import LADDER_FILE, TaskLadder, parse_tasks
 from evolver.record.git_record import EvolutionRecord
 from evolver.record.store import ProposalStore
 from evolver.run.display import LoopDisplay
@@ -41,7 +42,7 @@ from evolver.settings import Settings
 from puzzles.file_task import REPORT_FILE as FILE_REPORT
 from puzzles.file_task import describe_build, file_task_spec
 from puzzles.splits import ensure_run_data
-from puzzles.tasks import get_task
+from puzzles.tasks import TASKS, get_task
 from sandbox import SandboxUnavailable, get_backend
 
 
@@ -75,6 +76,7 @@ class RunContext:
         self.outcomes: list[CycleOutcome] = []
         self.server_info: dict[str, Any] | None = None  # the LLM server's, once the loop's preflight ran
         self.save_run_settings()
+        self.ladder = self._load_ladder()
         control = self.run_dir / "error_control.json"
         self.control = (RunErrorControl.from_dict(json.loads(control.read_text())) if control.exists()
                         else RunErrorControl())
@@ -93,7 +95,9 @@ class RunContext:
         if path.exists() and self.record.resumed:
             stored = json.loads(path.read_text())
             for key in ("task", "task_file", "select_file", "final_file", "seeds", "budget_seconds", "margin",
-                        "confidence"):
+                        "confidence", "task_ladder", "guard_tasks", "solved_at"):
+                if key == "task" and stored.get("settings", {}).get("task_ladder"):
+                    continue  # a ladder's run is on the ladder's current task (ladder.json), not its first
                 if key in stored.get("settings", {}) and stored["settings"][key] != getattr(self.settings, key):
                     self.display.log(f"[yellow]resume:[/] keeping the run's {key}={stored['settings'][key]!r} "
                                      f"(ignoring {getattr(self.settings, key)!r})")
@@ -103,6 +107,46 @@ class RunContext:
                                    "server": self.server_info, "started": utc_now()},
                                   indent=2) + "\n")
         os.replace(tmp, path)
+
+    def _load_ladder(self) -> TaskLadder | None:
+        """The run's task ladder (--task-ladder): as the record branch left it on resume, else new at its first
+        task; the run's task is the ladder's current one. Guard and ladder tasks are checked against the
+        trusted task specs here, before any compute."""
+        s = self.settings
+        s.guard_tasks = parse_tasks(s.guard_tasks, list(TASKS))
+        if not s.task_ladder:
+            return None
+        tasks = parse_tasks(s.task_ladder, list(TASKS))
+        stored = self.store.run_file(LADDER_FILE) if self.record.resumed else None
+        ladder = TaskLadder.from_dict(stored) if stored else TaskLadder(tasks)
+        if ladder.tasks != tasks:
+            raise ValueError(f"the run's stored ladder is {ladder.tasks}, not {tasks}")
+        if s.task != ladder.task:
+            if not self.record.resumed and s.task != Settings().task:
+                self.display.log(f"[yellow]ladder:[/] the run starts on the ladder's task {ladder.task}, not --task "
+                                 f"{s.task}")
+            s.task = ladder.task
+        if stored is None:
+            self.save_ladder(ladder)
+        elif ladder.position:
+            self.display.log(f"resume: the task ladder is at {ladder.task} ({ladder.position + 1} of "
+                             f"{len(ladder.tasks)})")
+        return ladder
+
+    def save_ladder(self, ladder: TaskLadder) -> None:
+        """The ladder's state on the record branch (runs/<run-id>/ladder.json) and in the run folder."""
+        with self.lock:
+            self.store.save_run_file(LADDER_FILE, ladder.to_dict(),
+                                     f"Task ladder at {ladder.task} (run {self.run_id})")
+            tmp = self.run_dir / (LADDER_FILE + ".tmp")
+            tmp.write_text(json.dumps(ladder.to_dict(), indent=2) + "\n")
+            os.replace(tmp, self.run_dir / LADDER_FILE)
+
+    @property
+    def home_task(self) -> str:
+        """The task the run started on: its splits live in the run folder's data/, other tasks' (the ladder's
+        next ones, guard tasks) under tasks/<task>/, each from its own secret seed."""
+        return self.ladder.tasks[0] if self.ladder else self.settings.task
 
     def save_control(self) -> None:
         """Write the run's error control (error_control.json), atomically; the cycles of a cohort call it
@@ -145,10 +189,16 @@ class RunContext:
         secret seed, which stays in the run's state directory, outside every mount."""
         if self.settings.task_file:
             return self._file_data_dir()
-        spec = get_task(self.settings.task)
-        if not (self.run_dir / "data" / "select" / "dataset.json").exists():
-            self.display.stage("data", f"building the {spec.name} splits from this run's secret seed")
-        return ensure_run_data(self.run_dir, spec)
+        return self.task_data_dir(self.settings.task)
+
+    def task_data_dir(self, task: str) -> Path:
+        """``task``'s splits for this run (built once, on the host, from a secret seed in the run folder)."""
+        spec = get_task(task)
+        root = self.run_dir if task == self.home_task else self.run_dir / "tasks" / task
+        with self.lock:  # a cohort's cycles may ask for a guard task's splits at once: built once
+            if not (root / "data" / "select" / "dataset.json").exists():
+                self.display.stage("data", f"building the {spec.name} splits from this run's secret seed")
+            return ensure_run_data(root, spec)
 
     def _file_data_dir(self) -> Path:
         """A file task's splits (puzzles/file_task.py): the file validated, its spec (sha256, sizes) made once
@@ -269,18 +319,20 @@ class RunContext:
 
     def stage_job(self, tree: Path, out: Path, stages: Sequence[str], seed: int, *, side: str, phase: str,
                   manifest: dict[str, Any] | None = None, eval_cap_s: float | None = None,
-                  cpus: float | None = None) -> StageJob:
-        """One job of the run's cascade: ``stages`` of ``tree`` on ``seed``, with the run's task, budget,
-        sandbox and limits."""
+                  cpus: float | None = None, task: str | None = None) -> StageJob:
+        """One job of the run's cascade: ``stages`` of ``tree`` on ``seed``, with the run's task (or ``task``:
+        a guard task, the task a cohort member's parent was measured on), budget, sandbox and limits."""
         s = self.settings
+        task = task or s.task
         options: dict[str, Any] = {
-            "task": s.task, "budget_seconds": s.budget_seconds, "backend": s.backend, "stages": list(stages),
+            "task": task, "budget_seconds": s.budget_seconds, "backend": s.backend, "stages": list(stages),
             "gpus": s.gpus, "memory_mb": s.memory_mb, "cpus": self.sandbox_cpus() if cpus is None else cpus,
             "threads": self.stage_threads(), "label": f"{self.run_id}-{side}",
             "setup_allowance_s": s.setup_allowance_seconds, "eval_cap_s": eval_cap_s}
         if manifest is not None:
             options["manifest_data"] = manifest
-        return StageJob(side, int(seed), phase, str(tree), str(self.harness_dir), str(self.data_dir()), str(out),
+        data = self.data_dir() if task == s.task else self.task_data_dir(task)
+        return StageJob(side, int(seed), phase, str(tree), str(self.harness_dir), str(data), str(out),
                         options, image=s.image)
 
     def submit_job(self, job: StageJob, *, show: bool = True) -> Future[StageOutcome]:
@@ -306,7 +358,7 @@ class RunContext:
     # ------------------------------------------------------------------ a lone cascade
     def cascade(self, worktree: Path, out: Path, stages: tuple[str, ...], changed: list[str],
                 parent: str, eval_cap_s: float | None = None, *, side: str = "candidate",
-                phase: str = "gates", fingerprint: bool = False) -> CascadeResult:
+                phase: str = "gates", fingerprint: bool = False, task: str | None = None) -> CascadeResult:
         """Run `stages` of the cascade on one tree (the baseline, a candidate's gates) through the run's
         executor, and save cascade.json. Per-seed stages run one job per seed of the run (at once, as the
         workers allow, each in out/seed<seed>/); the gates are one job on the first seed."""
@@ -318,12 +370,12 @@ class RunContext:
             manifest = json.loads(path.read_text())
         seeds = list(s.seeds) if any(st in PER_SEED_STAGES for st in stages) else list(s.seeds[:1])
         jobs = [self.stage_job(worktree, out / f"seed{seed}" if len(seeds) > 1 else out, stages, seed, side=side,
-                               phase=phase, manifest=manifest, eval_cap_s=eval_cap_s) for seed in seeds]
+                               phase=phase, manifest=manifest, eval_cap_s=eval_cap_s, task=task) for seed in seeds]
         for job in jobs:
             if fingerprint:  # the smoke stage also records the no-effect check's fingerprint (evolver/run/no_effect.py)
                 job.options["fingerprint"] = True
         outcomes = [f.result() for f in [self.submit_job(job) for job in jobs]]
-        result = combine_results(outcomes, s.task, seeds)
+        result = combine_results(outcomes, task or s.task, seeds)
         result.save(out / "cascade.json")
         return result
 

@@ -61,6 +61,7 @@ class LoopDisplay:
         self._live: Live | None = None
         self.llm: LLMProgressLike | None = None  # the latest provider progress report, while a proposal is asked for
         self._llm_printed_at = -PLAIN_PROGRESS_EVERY_S
+        self.notices: list[str] = []  # run-level findings kept on screen (a saturated best: evolver/run/ceiling.py)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> LoopDisplay:
@@ -75,6 +76,8 @@ class LoopDisplay:
             self._live.__exit__(None, None, None)
             self._live = None
         self.console.print(self._table())
+        for message in self.notices:  # under the final table too: why the run moved or stopped
+            self.console.print(message)
 
     # -- events ----------------------------------------------------------------------------------------------
     def set_header(self, **values: Any) -> None:
@@ -107,6 +110,12 @@ class LoopDisplay:
             self.console.print(Text(f"  llm: {self._llm_line(progress)}", style="dim"))
 
     def log(self, message: str) -> None:
+        self.console.print(message)
+
+    def notice(self, message: str) -> None:
+        """A run-level finding (rich markup): printed now, kept in the live panel, and printed again under the
+        final table."""
+        self.notices.append(message)
         self.console.print(message)
 
     def upsert(self, row: dict[str, Any]) -> None:
@@ -204,5 +213,6 @@ class LoopDisplay:
             parts.append(Text(f"llm: {self._llm_line(self.llm)}", style="cyan"))
         if st.expected_seconds:
             parts.append(ProgressBar(total=st.expected_seconds, completed=min(elapsed, st.expected_seconds)))
+        parts += [Text.from_markup(n) for n in self.notices]
         parts.append(self._table(reason_chars=LIVE_REASON_CHARS))
         return Panel(Group(*parts), title=self.title)

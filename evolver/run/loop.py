@@ -39,6 +39,7 @@ from evolver.propose.task_facts import task_facts
 from evolver.record.git_record import Candidate, RecordError
 from evolver.run.baseline import measure_parent, weak_baseline_warning
 from evolver.run.candidate import CandidateEvaluator
+from evolver.run.ceiling import check_ceiling
 from evolver.run.cohort import CycleOrder, start_in_background, wait_any
 from evolver.run.context import RunContext
 from evolver.run.display import LoopDisplay
@@ -76,12 +77,16 @@ class EvolutionLoop:
 
     # ------------------------------------------------------------------ the jobs
     def measure_baseline(self) -> Baseline:
-        """Measure (or take from the cache) the run's best commit: the parent of the next candidates."""
-        with self.ctx.lock:
-            best = self.ctx.record.best_commit()
-        baseline = measure_parent(self.ctx, best)
-        self.ctx.baseline = baseline
-        return baseline
+        """Measure (or take from the cache) the run's best commit: the parent of the next candidates. A best
+        that is saturated on its task moves the run up its task ladder and is measured there
+        (evolver/run/ceiling.py), or ends the run (StopRun)."""
+        while True:
+            with self.ctx.lock:
+                best = self.ctx.record.best_commit()
+            baseline = measure_parent(self.ctx, best)
+            self.ctx.baseline = baseline
+            if not check_ceiling(self.ctx, baseline):  # saturated: the ladder moved (or StopRun at its top)
+                return baseline
 
     def evaluate_candidate(self, proposal: Proposal, cycle: int, info: dict[str, Any]) -> CycleOutcome:
         """Apply, gate and judge one proposal against the current parent, and record its result."""
@@ -195,6 +200,8 @@ class EvolutionLoop:
         d = self.ctx.display
         d.set_header(run=self.ctx.run_id, provider=s.provider, task=s.task, seeds=s.seeds,
                      budget=f"{s.budget_seconds:g}s")
+        if self.ctx.ladder is not None:
+            d.set_header(ladder=f"{self.ctx.ladder.position + 1}/{len(self.ctx.ladder.tasks)}")
         try:
             self._preflight()
             self.ctx.check_cluster()
@@ -306,7 +313,11 @@ class EvolutionLoop:
             best = self.ctx.record.best_commit()
         parent = self.ctx.baseline
         if parent is None or parent.commit != best:
-            parent = self.measure_baseline()
+            try:
+                parent = self.measure_baseline()
+            except StopRun as exc:  # a saturated best: the cycles in flight finish, no new one starts
+                self.stop_reason = str(exc)
+                return None
         try:
             proposal, info = self.propose(cycle, parent=parent)
         except ProviderError as exc:

@@ -243,25 +243,26 @@ def _hrm_tree(repo: Path, commit: str) -> str:
                           text=True).stdout.strip()
 
 
-def fingerprint_key(ctx: Any, tree: str) -> str:
+def fingerprint_key(ctx: Any, tree: str, task: str | None = None) -> str:
     s = ctx.settings
-    raw = json.dumps([tree, s.task, float(s.budget_seconds), int(s.seeds[0]), ctx.stage_threads(), bool(s.gpus),
+    raw = json.dumps([tree, task or s.task, float(s.budget_seconds), int(s.seeds[0]), ctx.stage_threads(), bool(s.gpus),
                       harness_digest(), ctx.run_id])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def parent_fingerprint(ctx: Any, parent_commit: str) -> tuple[dict[str, Any] | None, str, bool, float]:
+def parent_fingerprint(ctx: Any, parent_commit: str,
+                       task: str | None = None) -> tuple[dict[str, Any] | None, str, bool, float]:
     """The parent's fingerprint (from the cache, or its fingerprint stage on a pinned copy of its hrm/), why it
     is missing, whether it came from the cache and the seconds its stage took. A failed parent fingerprint is cached as missing too."""
     tree = _hrm_tree(ctx.repo, parent_commit)
-    key = fingerprint_key(ctx, tree)
+    key = fingerprint_key(ctx, tree, task)
     cache = ctx.state / "fingerprints" / f"{key}.json"
     with _lock_for(str(cache)):
         if cache.exists():
             data = json.loads(cache.read_text())
             return data.get("fingerprint"), str(data.get("missing") or ""), True, float(data.get("seconds") or 0.0)
         result = ctx.cascade(ctx.parent_tree(parent_commit), ctx.run_dir / "fingerprints" / tree[:12], (CARRIER,),
-                             [], parent_commit, side="parent", phase="fingerprint", fingerprint=True)
+                             [], parent_commit, side="parent", phase="fingerprint", fingerprint=True, task=task)
         fp, why = _fingerprint_of(result)
         seconds = sum(r.duration_s for r in result.stages)
         if result.failed_stage not in (None, CARRIER):  # the executor lost it: not cached, tried again
@@ -291,22 +292,22 @@ class NoEffect:
 
 
 def run_gates(ctx: Any, tree: Path, out: Path, gate_stages: Sequence[str], changed: list[str], parent: str,
-              record: dict[str, Any]) -> tuple[CascadeResult, NoEffect | None]:
+              record: dict[str, Any], task: str | None = None) -> tuple[CascadeResult, NoEffect | None]:
     """The candidate's gates with the no-effect check after smoke: safety, smoke and its fingerprint (the
     parent's at the same time, unless cached), then, unless the fingerprints match, the remaining gates.
     ``record`` receives ``no_effect_check`` (what the check saw, its seconds). Returns the combined gates'
     result and the NoEffect ending, if any. With the check off (settings.no_effect_check False) the gates
-    run as before."""
+    run as before. ``task``: the task the parent was measured on (a ladder moves the run's task)."""
     if not getattr(ctx.settings, "no_effect_check", True):
-        return ctx.cascade(tree, out, tuple(gate_stages), changed, parent), None
+        return ctx.cascade(tree, out, tuple(gate_stages), changed, parent, task=task), None
     pre = tuple(s for s in PRE_STAGES if s in gate_stages)
     rest = tuple(s for s in gate_stages if s not in pre)
     if CARRIER not in pre:
-        return ctx.cascade(tree, out, tuple(gate_stages), changed, parent), None
+        return ctx.cascade(tree, out, tuple(gate_stages), changed, parent, task=task), None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parent-fingerprint")
-    future: Future[tuple[dict[str, Any] | None, str, bool, float]] = pool.submit(parent_fingerprint, ctx, parent)
+    future: Future[tuple[dict[str, Any] | None, str, bool, float]] = pool.submit(parent_fingerprint, ctx, parent, task)
     pool.shutdown(wait=False)
-    first = ctx.cascade(tree, out, pre, changed, parent, fingerprint=True)
+    first = ctx.cascade(tree, out, pre, changed, parent, fingerprint=True, task=task)
     fp, why = _fingerprint_of(first)
     fp_seconds = _fingerprint_seconds(first)
     gate_failed = not first.ok
@@ -335,7 +336,7 @@ def run_gates(ctx: Any, tree: Path, out: Path, gate_stages: Sequence[str], chang
         return first, ended
     if not rest:
         return first, None
-    second = ctx.cascade(tree, out / "after-fingerprint", rest, changed, parent)
+    second = ctx.cascade(tree, out / "after-fingerprint", rest, changed, parent, task=task)
     combined = CascadeResult(ok=second.ok, task=second.task, seeds=second.seeds, stages=first.stages + second.stages,
                              failed_stage=second.failed_stage, failed_seed=second.failed_seed, reason=second.reason,
                              scores=second.scores, backend=first.backend or second.backend,

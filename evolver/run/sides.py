@@ -100,3 +100,20 @@ class ExecutorSides:
 
     def __call__(self, side: str, seed: int, phase: str) -> SideRun:
         return self.submit(side, seed, phase).result()
+
+
+def side_finisher(timings: dict[str, float], prefix: str = "") -> Callable[[StageJob, StageOutcome], None]:
+    """What ExecutorSides calls with each side's outcome: save its cascade.json in the side's out_dir and add
+    its stage seconds to ``timings`` (the candidate's as <stage>, the parent's as parent-<stage>, both after
+    ``prefix``: "screen-" for a screen pair). A side the executor lost has nothing to save (the judge voids
+    its pair)."""
+    def finish(job: StageJob, outcome: StageOutcome) -> None:
+        res = outcome.cascade()
+        if res is None:
+            return
+        Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+        res.save(Path(job.out_dir) / "cascade.json")
+        for run in res.stages:
+            key = prefix + (run.stage if job.side == "candidate" else f"parent-{run.stage}")
+            timings[key] = timings.get(key, 0.0) + float(run.duration_s)
+    return finish

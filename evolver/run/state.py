@@ -28,10 +28,13 @@ class Baseline:
     seconds: float
     cached: bool = False
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    task: str = ""  # the task it was measured on (a ladder moves the run's task: evolver/run/ceiling.py)
+    saturation: dict[str, Any] | None = None  # the saturation rule's finding on its scores (evolver/judge/saturation.py)
 
     def to_dict(self) -> dict[str, Any]:
         return {"commit": self.commit, "tree": self.tree, "seeds": self.seeds, "scores": self.scores,
-                "seconds": self.seconds, "evidence": self.evidence}
+                "seconds": self.seconds, "evidence": self.evidence, "task": self.task,
+                "saturation": self.saturation}
 
     def eval_seconds(self) -> float | None:
         times = [float(e["eval_host_seconds"]) for e in self.evidence if e.get("eval_host_seconds")]

@@ -15,14 +15,37 @@ matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from evolver.judge import fidelity  # noqa: E402
+from evolver.judge.saturation import ceiling_lines  # noqa: E402
 from evolver.record.git_record import EvolutionRecord  # noqa: E402
 from evolver.ui.report_html import HTML_FILE, write_html_report  # noqa: E402
 
 SUCCESS_VERDICTS = {"merged", "approved"}
 
 
-def summarize(results: list[dict[str, Any]], baseline: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Aggregate per-candidate result dicts (as stored in result.json) into a run summary."""
+def ceiling_summary(ladder: dict[str, Any] | None, saturation: dict[str, Any] | None,
+                    results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's task ladder and every saturation it saw (runs/<run-id>/ladder.json or saturation.json on the
+    record branch), and the merges per task they were judged on; None for a run with neither."""
+    events = [dict(step) for step in (ladder or {}).get("steps") or []]
+    if saturation:
+        events.append({"task": saturation.get("task"), "moved_to": None, "time": saturation.get("time"),
+                       "saturation": saturation})
+    merges = Counter(str(r.get("task")) for r in results if r.get("verdict") in SUCCESS_VERDICTS and r.get("task"))
+    if not events and not ladder and not merges:
+        return None
+    return {"ladder": list((ladder or {}).get("tasks") or []), "task": (ladder or {}).get("task"),
+            "saturated": [{"task": e.get("task"), "moved_to": e.get("moved_to"),
+                           "commit": (e.get("saturation") or {}).get("commit"),
+                           "mean": (e.get("saturation") or {}).get("mean"),
+                           "reason": (e.get("saturation") or {}).get("reason"), "time": e.get("time")}
+                          for e in events],
+            "merges_by_task": dict(merges)}
+
+
+def summarize(results: list[dict[str, Any]], baseline: dict[str, Any] | None = None,
+              ceiling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Aggregate per-candidate result dicts (as stored in result.json) into a run summary; ``ceiling`` is the
+    run's task ladder and saturations (:func:`ceiling_summary`)."""
     verdicts = Counter(r.get("verdict", "unknown") for r in results)
     failures = Counter(r["failed_stage"] for r in results if r.get("failed_stage"))
     stage_time: dict[str, list[float]] = defaultdict(list)
@@ -48,13 +71,14 @@ def summarize(results: list[dict[str, Any]], baseline: dict[str, Any] | None = N
         "baseline": baseline,
         "best": best,
         "fidelity": fidelity.assess(results),
+        "ceiling": ceiling,
     }
 
 
 def is_training(stage: str) -> bool:
     """Whether a timings key is training or scoring (either side of a pair, a screen pair): the rest of a
     cycle (the LLM, the patch, the gates) is the cost outside training."""
-    return stage.removeprefix("screen-").removeprefix("parent-") in ("train", "evaluate")
+    return stage.removeprefix("screen-").removeprefix("guard-").removeprefix("parent-") in ("train", "evaluate")
 
 
 FIDELITY_TITLE = "Fidelity of the cheap stages"
@@ -71,6 +95,7 @@ def text_report(summary: dict[str, Any]) -> str:
              "best: " + (f"{best.get('proposal_id')} (score {best['score']:.4f})" if best.get("score") is not None
                          else "none"),
              "time outside training: " + (f"{share:.1%}" if isinstance(share, float) else "-"),
+             *ceiling_lines(summary.get("ceiling")),
              "", f"{FIDELITY_TITLE} (how well each predicted the full judgement's mean gain):"]
     lines += [f"  {line}" for line in fidelity.describe(summary.get("fidelity") or fidelity.assess([]))]
     return "\n".join(lines) + "\n"
@@ -99,7 +124,7 @@ def _bar_plot(values: dict[str, float], ylabel: str, title: str, color: str, pat
 
 
 def write_report(results: list[dict[str, Any]], out_dir: Path, baseline: dict[str, Any] | None = None, *,
-                 record: EvolutionRecord | None = None) -> dict[str, Path]:
+                 record: EvolutionRecord | None = None, ceiling: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write summary.json, report.txt, fidelity.json, three PNG plots and report.html into out_dir; return their
     paths.
 
@@ -107,7 +132,7 @@ def write_report(results: list[dict[str, Any]], out_dir: Path, baseline: dict[st
     page looks the run up in the repository holding out_dir, then in the working directory's."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results, baseline)
+    summary = summarize(results, baseline, ceiling)
     paths = {"summary": out_dir / "summary.json"}
     paths["summary"].write_text(json.dumps({"summary": summary, "candidates": results}, indent=2, default=str) + "\n")
     paths["text"] = out_dir / "report.txt"

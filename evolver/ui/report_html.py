@@ -28,6 +28,7 @@ from typing import Any, TypeGuard
 
 from evolver.intervals import t_interval
 from evolver.judge import fidelity
+from evolver.judge.saturation import ceiling_lines
 from evolver.record.git_record import EvolutionRecord, RecordError, check_name, repo_toplevel
 from evolver.record.store import ProposalStore
 
@@ -604,9 +605,27 @@ def verdict_html(c: CandidateView) -> str:
             ("candidate commit", f"<code>{esc(r.get('candidate_commit'))}</code>"
              if r.get("candidate_commit") else None),
             ("merge commit", f"<code>{esc(r.get('merge_commit'))}</code>" if r.get("merge_commit") else None),
-            ("git note", esc((c.note or {}).get("verdict")) if c.note else None)]
+            ("git note", esc((c.note or {}).get("verdict")) if c.note else None),
+            ("task", esc(r.get("task")) if r.get("task") else None),
+            ("guard tasks", guards_html(r["guards"]) if isinstance(r.get("guards"), dict) else None)]
     body = "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows if v)
     return f'<table class="kv">{body}</table>'
+
+
+def guards_html(guards: Mapping[str, Any]) -> str:
+    """A winner's guard tasks (evolver/judge/guards.py): each task's verdict, gains and upper bound."""
+    rows = []
+    for g in guards.get("tasks") or []:
+        if not isinstance(g, dict):
+            continue
+        cls = "bad" if g.get("verdict") == "block" else ("good" if g.get("verdict") == "pass" else "grey")
+        rows.append(f'<tr data-guard="{esc(g.get("task"))}"><td>{esc(g.get("task"))}</td>'
+                    f'<td><span class="badge v-{cls}">{esc(g.get("verdict"))}</span></td>'
+                    f"<td>{esc(', '.join(num(x, '+.4f') for x in g.get('gains') or []))}</td>"
+                    f"<td>{num(g.get('mean'), '+.4f')}</td><td>{num(g.get('upper_bound'), '+.4f')}</td>"
+                    f"<td>{num(g.get('level'), '.4g')}</td></tr>")
+    return ('<table class="grid-table guards"><tr><th>task</th><th>verdict</th><th>paired gains</th><th>mean</th>'
+            "<th>upper bound</th><th>level</th></tr>" + "".join(rows) + "</table>")
 
 
 STAGE_ORDER = ("llm", "patch", "safety", "smoke", "fingerprint", "trainability", "train", "evaluate", "parent-train",
@@ -820,6 +839,9 @@ def summary_html(view: RunView) -> str:
             ("failures by stage", esc(", ".join(f"{k}: {v}" for k, v in (s.get("failures_by_stage") or {}).items())
                                       or "none")),
             ("time outside training", f"{num(share * 100, '.1f')} %" if is_number(share) else "&mdash;")]
+    rows += [("task ladder" if line.startswith("task ladder") else line.split(":", 1)[0],
+              f'<span class="text">{esc(line.split(": ", 1)[-1])}</span>')
+             for line in ceiling_lines(s.get("ceiling"))]
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in view.notes)
     body = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
     return f'<table class="kv">{body}</table>{notes}'

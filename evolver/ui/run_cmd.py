@@ -125,16 +125,19 @@ def add_report_command(subparsers: Any) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from evolver.judge.saturation import LADDER_FILE
     from evolver.record.git_record import open_run
     from evolver.record.store import ProposalStore
-    from evolver.ui.report import write_report
+    from evolver.run.ceiling import SATURATION_FILE
+    from evolver.ui.report import ceiling_summary, write_report
 
     with open_run(args.repo, args.run_id) as record:
         store = ProposalStore(record)
         results = [r for r in (store.result(pid) for pid in store.ids()) if r]
         baseline = next((r.get("baseline") for r in results if r.get("baseline")), None)
         out = args.out or (record.root / ".hrm-evolve" / "reports" / record.run_id)
-        paths = write_report(results, out, baseline, record=record)
+        ceiling = ceiling_summary(store.run_file(LADDER_FILE), store.run_file(SATURATION_FILE), results)
+        paths = write_report(results, out, baseline, record=record, ceiling=ceiling)
     console = Console()
     console.print(paths["text"].read_text(), markup=False, highlight=False)
     for name, path in paths.items():

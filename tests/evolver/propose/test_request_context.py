@@ -20,9 +20,9 @@ from evolver.propose.prompt import HistoryItem
 from evolver.propose.providers import ProviderError, get_provider
 from evolver.propose.source_pack import SourceIndex, pack_source
 from evolver.propose.task_facts import resolve_preset, task_facts
-from evolver.run.baseline import Baseline
 from evolver.run.display import LoopDisplay
 from evolver.run.loop import EvolutionLoop
+from evolver.run.state import Baseline
 from evolver.settings import Settings, load_settings
 from proposals.schema import proposal_json_schema
 from tests.evolver.fake_llm_server import Step, scripted_server, valid_proposal_text

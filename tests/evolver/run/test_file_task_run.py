@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from evolver.execute.gates import FRESH_EXACT_MAX, constant_baseline, fresh_init_check
-from evolver.run.context import RunContext, StopRun
+from evolver.run.context import RunContext
 from evolver.run.display import LoopDisplay
+from evolver.run.state import StopRun
 from evolver.settings import Settings, load_settings
 from evolver.ui.cli import main
 from puzzles.agent_log import generate
@@ -101,7 +102,8 @@ def test_fresh_weights_may_reach_the_majority_answer_but_not_solve() -> None:
 
 
 def test_the_run_says_why_a_baseline_leaves_little_to_measure() -> None:
-    from evolver.run.baseline import Baseline, weak_baseline_warning
+    from evolver.run.baseline import weak_baseline_warning
+    from evolver.run.state import Baseline
 
     def base(scores: list[float], constant: float) -> Baseline:
         evidence = [{"seed": i, "constant_baseline_token_accuracy": constant} for i in range(len(scores))]
