@@ -129,6 +129,14 @@ def add_run_command(subparsers: Any) -> None:
                    help="seconds to wait for the server's first token and between tokens (default 120)")
     p.add_argument("--llm-retries", type=int, default=None,
                    help="retries after a timeout, a dropped connection or HTTP 5xx (default 3)")
+    p.add_argument("--edit-format", choices=["json", "fenced"], default=None,
+                   help="how the model writes its proposal: json (one schema-constrained JSON object, code in "
+                        "strings) or fenced (a short JSON header, then the code in fenced or SEARCH/REPLACE "
+                        "blocks, no constrained format); default: fenced for lmstudio and ollama, json otherwise")
+    p.add_argument("--repair-turns", type=int, default=None,
+                   help="turns that send an edit that does not apply back to the model with its error and the "
+                        "target's current source, before the proposal is recorded invalid (default 2; 0 = off; a "
+                        "smoke or trainability crash gets one turn when this is above 0)")
     p.add_argument("--resume", metavar="RUN_ID", default=None, help="continue an interrupted run")
     p.set_defaults(handler=cmd_run)
 
@@ -147,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "literature", "max_seeds", "confirm_seeds", "side_by_side", "setup_allowance_seconds", "throughput_tolerance",
             "context_tokens", "max_reply_tokens", "llm_timeout", "llm_retries", "gpu_ids", "image",
             "executor", "ray_address", "workers", "cohort", "screen", "screen_fraction", "screen_budget_seconds",
-            "screen_audit", "early_stop", "early_stop_margin", "early_stop_audit")
+            "screen_audit", "early_stop", "early_stop_margin", "early_stop_audit", "edit_format", "repair_turns")
     settings = load_settings(root, overrides={k: getattr(args, k) for k in keys})
     try:
         if executor_kind(settings.executor, settings.ray_address) == "ray":

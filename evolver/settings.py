@@ -11,6 +11,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 ENV_PREFIX = "HRM_"
+EDIT_FORMATS = ("json", "fenced")  # evolver/providers/reply_formats.py (not imported: settings load first)
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Settings:
     max_reply_tokens: int | None = None  # sent as max_tokens; None = a quarter of the context (512..4096)
     llm_timeout: float = 120.0  # seconds to wait for the server's first chunk and between chunks
     llm_retries: int = 3  # retries after a timeout, a dropped connection or HTTP 5xx
+    edit_format: str | None = None  # json | fenced; None = fenced for lmstudio/ollama, json otherwise (reply_formats)
+    repair_turns: int = 2  # turns that send a non-applying edit's error and target source back (evolver/repair.py)
     task: str = "sudoku4"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the first selection seeds of every candidate
     max_seeds: int = 10  # selection stops at this many seed pairs (sequential rule: evolver/promotion.py)
@@ -74,7 +77,7 @@ class Settings:
 OPTIONAL_TYPES: dict[str, type] = {"max_runtime_seconds": float, "context_tokens": int, "max_reply_tokens": int,
                                    "workers": int, "cohort": int, "screen_budget_seconds": float}
 POSITIVE = ("context_tokens", "max_reply_tokens", "llm_timeout", "workers", "cohort")
-NON_NEGATIVE = ("llm_retries",)
+NON_NEGATIVE = ("llm_retries", "repair_turns")
 
 
 def _number(value: str, kind: type, name: str) -> Any:
@@ -86,6 +89,12 @@ def _number(value: str, kind: type, name: str) -> Any:
 
 
 def _check(name: str, value: Any) -> None:
+    if name == "edit_format" and isinstance(value, str):
+        value = value.strip().lower()
+        if value not in EDIT_FORMATS:
+            raise ValueError(f"edit_format ({ENV_PREFIX}EDIT_FORMAT) must be one of {', '.join(EDIT_FORMATS)}, "
+                             f"got {value!r}")
+        return
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if name in POSITIVE and value <= 0:
