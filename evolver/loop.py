@@ -38,8 +38,10 @@ from evolver.literature import literature_context
 from evolver.promotion import ConfirmationRule, RunErrorControl, SelectionRule
 from evolver.prompt import HistoryItem
 from evolver.providers import ProviderError, get_provider
-from evolver.providers.base import Provider
+from evolver.providers.base import Provider, ProviderReply
+from evolver.providers.reply_formats import resolve_edit_format
 from evolver.record import EvolutionRecord, RecordError
+from evolver.repair import Repaired, Repairer, ask_and_repair
 from evolver.repo_summary import build_repo_summary
 from evolver.resources import check_resources
 from evolver.run_context import RunContext, StopRun, utc_now
@@ -70,6 +72,8 @@ class EvolutionLoop:
         self._papers: list[Any] | None = None
         self.stop_reason: str | None = None
         self.candidates = CandidateEvaluator(self.ctx)  # its rules read the settings a resume kept
+        self.candidates.gate_repair = self._gate_repair
+        self._asked: dict[str, tuple[Any, ProviderReply]] = {}  # proposal id -> (prompt, last reply): gate repairs
 
     # ------------------------------------------------------------------ the run's context
     @property
@@ -239,26 +243,56 @@ class EvolutionLoop:
             return build_repo_summary(worktree, policy=self.policy, budget_tokens=budget, best_score=best)
 
         started = time.monotonic()
+        fmt = resolve_edit_format(s.edit_format, s.provider)
         try:
             prompt = self.provider.fit_prompt(summary, self.papers, history, proposal_json_schema(),
-                                              metric=s.metric, seed=cycle)
-            reply = self.provider.propose(prompt, progress=self.display.llm_progress)
+                                              metric=s.metric, seed=cycle, edit_format=fmt)
+            reply, repaired = ask_and_repair(self.provider, prompt, worktree, s.repair_turns, self.policy,
+                                             self.display.llm_progress)
         except ProviderError as exc:
             if not self._fall_back(exc):
                 raise
+            fmt = resolve_edit_format(s.edit_format, s.provider)
             prompt = self.provider.fit_prompt(summary, self.papers, history, proposal_json_schema(),
-                                              metric=s.metric, seed=cycle)
-            reply = self.provider.propose(prompt, progress=self.display.llm_progress)
-        proposal = reply.proposal
+                                              metric=s.metric, seed=cycle, edit_format=fmt)
+            reply, repaired = ask_and_repair(self.provider, prompt, worktree, s.repair_turns, self.policy,
+                                             self.display.llm_progress)
+        proposal = repaired.proposal if repaired is not None else reply.proposal
         provenance = proposal.provenance.model_copy(update={"parent_commit": parent_commit})
         with self.ctx.lock:
             proposal = proposal.model_copy(update={"id": self._unique_id(proposal.id), "provenance": provenance})
         info = {**reply.info(), "llm_seconds": time.monotonic() - started,
                 "prompt_tokens": getattr(prompt, "prompt_tokens", None),
-                "prompt_budget": getattr(prompt, "budget_tokens", None), "trimmed": getattr(prompt, "trimmed", None)}
+                "prompt_budget": getattr(prompt, "budget_tokens", None), "trimmed": getattr(prompt, "trimmed", None),
+                "edit_format": fmt}
+        if repaired is not None and repaired.turns:
+            info["repairs"] = repaired.info()  # every turn: errors sent, sources shown, raw replies, outcome
+            self.display.log(f"{proposal.id}: {len(repaired.turns)} repair turn(s): "
+                             + ("its edits apply" if repaired.applies else "its edits still do not apply"))
+        self._asked[proposal.id] = (prompt, repaired.reply if repaired is not None and repaired.reply else reply)
         if reply.dropped_citations:
             self.display.log(f"citations dropped (not in the run's list): {', '.join(reply.dropped_citations)}")
         return proposal, info
+
+    def _gate_repair(self, cand: Any, proposal: Proposal, stage: str, error: str) -> Repaired | None:
+        """One repair turn for a candidate that crashed a gate (evolver/candidate.py calls it): the model sees
+        the error's tail and the targets' current source in the parent's tree; a repaired proposal that applies
+        gets a fresh id (<id>-r, ...)."""
+        asked = self._asked.get(proposal.id)
+        if asked is None or self.settings.repair_turns <= 0 or self.provider.name == "offline":
+            return None
+        prompt, reply = asked
+        with self.ctx.lock:
+            root = self.ctx.parent_tree(cand.parent)
+        self.display.stage("propose", f"{proposal.id}: repair turn after the {stage} failure")
+        repaired = Repairer(self.provider, prompt, root, max_turns=1, policy=self.policy).after_gate(
+            proposal, reply, stage, error)
+        if repaired.applies:
+            with self.ctx.lock:
+                repaired.proposal = repaired.proposal.model_copy(update={"id": self._unique_id(f"{proposal.id[:60]}-r")})
+            if repaired.reply is not None:
+                self._asked[repaired.proposal.id] = (prompt, repaired.reply)
+        return repaired
 
     # ------------------------------------------------------------------ resume
     def resume_unfinished(self) -> None:

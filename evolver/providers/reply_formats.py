@@ -252,6 +252,7 @@ def needs_block(op: Any) -> str | None:
 def parse_fenced(text: str, metric: str = "token_accuracy") -> Proposal:
     """Parse a fenced-format reply into a Proposal; ProposalError lists every problem found.
 
+    A reply that is one whole json-format proposal (every edit's code inline, no blocks) is read as such.
     Header fields the format leaves optional get stated defaults: `id` from the title, `expected_effect`
     {metric, increase, size 0 (not stated), low}, `risk` {medium, no failure modes stated}, `hypothesis`
     the rationale's first sentence.
@@ -266,6 +267,8 @@ def parse_fenced(text: str, metric: str = "token_accuracy") -> Proposal:
     edits = header.get("edits")
     if not isinstance(edits, list) or not edits:
         raise ProposalError(["header.edits: required, a non-empty list of {op, file, target...}", *problems])
+    if not rest and not problems and _whole_json(edits):
+        return _with_defaults(header, metric)  # a whole json-format proposal, code in its strings: no blocks
     wanted: list[tuple[int, str]] = []
     for i, edit in enumerate(edits):
         if not isinstance(edit, dict):
@@ -302,6 +305,25 @@ def parse_fenced(text: str, metric: str = "token_accuracy") -> Proposal:
         raise ProposalError(problems)
     data = dict(header)
     data["edits"] = filled
+    return _with_defaults(data, metric)
+
+
+def _whole_json(edits: list[Any]) -> bool:
+    """Whether every edit carries its code inline (a json-format proposal) and at least one carries code."""
+    inline = 0
+    for edit in edits:
+        if not isinstance(edit, dict):
+            return False
+        kind = needs_block(edit.get("op"))
+        fields = {"code"} if kind == "code" else {"search", "replace"} if kind else set()
+        if fields and not fields <= set(edit):
+            return False
+        inline += bool(fields)
+    return inline > 0
+
+
+def _with_defaults(header: dict[str, Any], metric: str) -> Proposal:
+    data = dict(header)
     title = str(data.get("title") or "")
     rationale = str(data.get("rationale") or "")
     data.setdefault("id", _slug(title) if title else "proposal")

@@ -81,6 +81,16 @@ def test_a_search_replace_block_inside_a_fence_and_a_bare_json_header_are_read()
     assert proposal.edits[0].search == "x = 1" and proposal.edits[0].replace == "x = 2"  # type: ignore[union-attr]
 
 
+def test_a_whole_json_proposal_is_read_in_the_fenced_format_too() -> None:
+    whole = valid_proposal(edits=[{"op": "replace_function", "file": "hrm/layers.py", "target": "find_multiple",
+                                   "code": CODE}])
+    assert parse_fenced(json.dumps(whole)) == load_proposal(whole)
+    assert parse_fenced("```json\n" + json.dumps(whole) + "\n```") == load_proposal(whole)
+    # Half inline, half missing: no guessing.
+    half = {**HEADER, "edits": [{**HEADER["edits"][0], "code": CODE}, HEADER["edits"][1]]}
+    assert "code must not be in the header" in problems_of(reply(half, ""))[0]
+
+
 def test_missing_blocks_extra_blocks_and_wrong_kinds_are_named() -> None:
     missing = problems_of(reply(blocks=f"```python\n{CODE}```\n"))
     assert len(missing) == 1 and "take 2 block(s)" in missing[0] and "reply has 1" in missing[0]
