@@ -15,11 +15,12 @@ text in the transcript) and the outcome; the loop stores them with the proposal'
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ from libcst.metadata import MetadataWrapper, PositionProvider
 
 from edits.engine import EditError, plan_edits
 from edits.paths import DEFAULT_POLICY, PathPolicy, PathRejected
-from evolver.prompt import Prompt
-from evolver.providers.base import Provider, ProviderError, ProviderReply
+from evolver.prompt import Prompt, count_messages
+from evolver.providers.base import TEMPLATE_MARGIN_TOKENS, Provider, ProviderError, ProviderReply, excerpt
 from evolver.providers.reply_formats import render_fenced, retry_line, scan_blocks
 from proposals.schema import Proposal
 
@@ -38,6 +39,7 @@ MAX_SOURCE_LINES = 80  # a target's source shown to the model is cut after this 
 MAX_SOURCES_CHARS = 6000  # all sources of one repair message together
 MAX_TAIL_CHARS = 2000  # of a gate's error
 GATE_REPAIR_STAGES = ("smoke", "trainability")
+REPAIR_REPLY_EXCERPT_CHARS = 1500  # the earlier reply quoted in a repair turn that does not fit otherwise
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -264,11 +266,12 @@ class RepairTurn:
     outcome: str = ""  # "applies", "still fails", "refused" (no valid reply), "error" (the request failed)
     reply: dict[str, Any] = field(default_factory=dict)  # the provider's info (its transcript: raw replies)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what was left out of the request to fit the context
 
     def to_dict(self) -> dict[str, Any]:
         return {"turn": self.turn, "trigger": self.trigger, "errors": list(self.errors),
                 "sources": list(self.sources), "outcome": self.outcome, "reply": self.reply,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "notes": list(self.notes)}
 
 
 @dataclass
@@ -287,6 +290,17 @@ class Repaired:
 
     def info(self) -> list[dict[str, Any]]:
         return [t.to_dict() for t in self.turns]
+
+
+def slim_prompt(prompt: Prompt) -> Prompt:
+    """The first request without its code map, papers and history: its goal line and its output section."""
+    parts = prompt.user.split("\n\n")
+    goal = parts[0] if parts and parts[0].startswith("Goal:") else ""
+    output = next((p for p in parts if p.startswith("## Output")), "")
+    user = "\n\n".join(x for x in (goal, "(The code map, papers and history of the first request are left out of "
+                                          "this repair turn for space; the current source of the targets is below.)",
+                                    output) if x)
+    return dataclasses.replace(prompt, user=user)
 
 
 def reply_text(reply: ProviderReply, edit_format: str) -> str:
@@ -316,11 +330,45 @@ class Repairer:
         shown = sources_for(self.root, _loose_edits(refused), self.policy, limit=MAX_SOURCES_CHARS // 2)
         return "\n\n".join(shown)
 
-    def _ask(self, previous: str, message: str, turn: RepairTurn) -> ProviderReply | None:
-        follow_up = [{"role": "assistant", "content": previous}, {"role": "user", "content": message}]
+    def _room(self, prompt: Prompt, follow_up: list[dict[str, str]]) -> bool:
+        """Whether the conversation leaves the reply its full limit in the server's context (unknown: yes)."""
+        ctx = self.provider.context_tokens
+        if ctx is None:
+            return True
+        used = count_messages([*prompt.messages, *follow_up], self.provider.count_tokens)
+        return used + self.provider.reply_tokens() + TEMPLATE_MARGIN_TOKENS <= ctx
+
+    def _fit(self, previous: str, make: Callable[[list[str]], str],
+             sources: list[str]) -> tuple[Prompt, list[dict[str, str]], list[str]]:
+        """The repair request that fits the context: the whole first request if it can; else without its code
+        map, papers and history (the target's source is what a repair needs); then fewer sources; then only the
+        start of the earlier reply. Returns the prompt, the follow-up and the notes on what was left out."""
+        notes: list[str] = []
+
+        def turn(prev: str, shown: list[str]) -> list[dict[str, str]]:
+            return [{"role": "assistant", "content": prev}, {"role": "user", "content": make(shown)}]
+
+        prompt = self.prompt
+        if self._room(prompt, turn(previous, sources)):
+            return prompt, turn(previous, sources), notes
+        prompt = slim_prompt(self.prompt)
+        notes.append("the first request's code map, papers and history were left out for space")
+        shown = list(sources)
+        while shown and not self._room(prompt, turn(previous, shown)):
+            shown.pop()
+            notes.append("a target's source was left out for space")
+        if not self._room(prompt, turn(previous, shown)):
+            previous = excerpt(previous, REPAIR_REPLY_EXCERPT_CHARS)
+            notes.append("the earlier reply was shortened for space")
+        return prompt, turn(previous, shown), notes
+
+    def _ask(self, previous: str, make: Callable[[list[str]], str], sources: list[str],
+             turn: RepairTurn) -> ProviderReply | None:
+        prompt, follow_up, notes = self._fit(previous, make, sources)
+        turn.notes = notes
         started = time.monotonic()
         try:
-            reply = self.provider.propose(self.prompt, follow_up=follow_up, context_for=self.context_for)
+            reply = self.provider.propose(prompt, follow_up=follow_up, context_for=self.context_for)
         except ProviderError as exc:
             turn.outcome = "refused" if exc.kind in ("invalid_proposal", "truncated") else "error"
             turn.reply = exc.to_dict()
@@ -340,8 +388,10 @@ class Repairer:
             described = [e.describe() for e in errors]
             turn = RepairTurn(len(turns) + 1, "apply", described, sources_for(self.root, failing, self.policy))
             turns.append(turn)
-            message = repair_message(described, turn.sources, self.edit_format, turn=turn.turn, turns=self.max_turns)
-            answer = self._ask(reply_text(reply, self.edit_format), message, turn)
+            def make(shown: list[str], described: list[str] = described, number: int = turn.turn) -> str:
+                return repair_message(described, shown, self.edit_format, turn=number, turns=self.max_turns)
+
+            answer = self._ask(reply_text(reply, self.edit_format), make, turn.sources, turn)
             if answer is None:
                 break
             reply = answer
@@ -354,14 +404,17 @@ class Repairer:
         """One repair turn for a candidate that failed `stage` (smoke, trainability) with `error`. `.applies`:
         the model gave a valid proposal whose edits apply (`.proposal`); else the turn says what happened."""
         turn = RepairTurn(1, f"gate:{stage}", [_tail(error)], sources_for(self.root, proposal.edits, self.policy))
-        message = repair_message(turn.errors, turn.sources, self.edit_format, turn=1, turns=1, what=stage)
+
+        def make(shown: list[str]) -> str:
+            return repair_message(turn.errors, shown, self.edit_format, turn=1, turns=1, what=stage)
+
         if reply is not None:
             previous = reply_text(reply, self.edit_format)
         elif self.edit_format == "fenced":
             previous = render_fenced(proposal)
         else:
             previous = proposal.model_dump_json(exclude={"provenance"})
-        answer = self._ask(previous, message, turn)
+        answer = self._ask(previous, make, turn.sources, turn)
         if answer is None:
             return Repaired(proposal, reply, [turn], turn.errors)
         repaired = answer.proposal.model_copy(update={"id": proposal.id})

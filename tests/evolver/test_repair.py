@@ -142,3 +142,23 @@ def test_a_gate_crash_gets_one_turn_with_the_error_tail(tree: Path) -> None:
     assert "failed the smoke check" in message and "mat1 and mat2 shapes cannot be multiplied" in message
     assert "[earlier output left out]" in message and len(message) < 6000
     assert previous["role"] == "assistant" and "<<<<<<< SEARCH" in previous["content"]
+
+
+def test_a_repair_in_a_full_context_leaves_out_the_code_map_not_the_error(tree: Path) -> None:
+    """The first request fills the context (a 3000-token llama.cpp server, its prompt fitted to the budget); the
+    repair turn drops the map, papers and history, keeps the error and the target's source, and fits."""
+    stale, fresh = proposal_text(STALE, "fenced"), proposal_text(FRESH, "fenced")
+    with scripted_server([Step(content=stale), Step(content=fresh)], flavour="llama.cpp", n_ctx=3000) as server:
+        provider = get_provider("lmstudio", model="scripted", host=f"{server.url}/v1", max_reply_tokens=400,
+                                timeout=10.0, max_retries=0, backoff_s=0.01)
+        provider.preflight()
+        prompt = provider.fit_prompt("x = compute(y)\n" * 2000, [], [], SCHEMA, edit_format="fenced")
+        _, repaired = ask_and_repair(provider, prompt, tree, 2)
+        sent = [r.messages for r in server.received]
+    assert repaired is not None and repaired.applies
+    assert "x = compute(y)" in sent[0][1]["content"] and "x = compute(y)" not in sent[1][1]["content"]
+    assert "left out of this repair turn for space" in sent[1][1]["content"]
+    assert sent[1][1]["content"].startswith("Goal:") and "## Output" in sent[1][1]["content"]
+    assert "search text not found" in sent[1][3]["content"] and "lr_warmup_steps=100," in sent[1][3]["content"]
+    assert repaired.info()[0]["notes"] == ["the first request's code map, papers and history were left out for space"]
+    assert server.received[1].body["max_tokens"] == 400  # the reply kept its full limit
