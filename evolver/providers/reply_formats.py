@@ -219,10 +219,11 @@ def _header(text: str, blocks: list[Block]) -> tuple[dict[str, Any] | None, list
             if isinstance(data, dict):
                 return data, blocks[k + 1:], ""
         break  # the header must come first
-    # A bare JSON object before the first block.
-    first_block_line = blocks[0].line if blocks else None
+    # A bare JSON object before the first block (or the first fence or SEARCH marker, closed or not).
     lines = text.split("\n")
-    before = "\n".join(lines[: first_block_line - 1]) if first_block_line else text
+    first = next((i for i, line in enumerate(lines) if _FENCE_OPEN_RE.match(line) or line.strip() == SEARCH_MARK),
+                 len(lines))
+    before = "\n".join(lines[:first])
     start = before.find("{")
     if start != -1:
         try:

@@ -106,6 +106,9 @@ def test_missing_blocks_extra_blocks_and_wrong_kinds_are_named() -> None:
 def test_unterminated_blocks_a_missing_header_and_code_in_the_header_are_refused() -> None:
     cut = problems_of(reply(blocks=f"```python\n{CODE}"))
     assert "unterminated fence: the ```python block opened at line" in cut[0]
+    # An unclosed code block first: no header is looked for inside it.
+    opened = problems_of("```python\nx = {'a': 1}\n")
+    assert "no JSON header found" in opened[0] and "unterminated fence" in opened[1]
     no_end = problems_of(reply(blocks=f"```python\n{CODE}```\n<<<<<<< SEARCH\na\n=======\nb\n"))
     assert "unterminated SEARCH/REPLACE block" in no_end[0] and "'>>>>>>> REPLACE'" in no_end[0]
     assert "no JSON header found" in problems_of(f"```python\n{CODE}```\n")[0]
