@@ -114,3 +114,35 @@ def test_a_smoke_crash_goes_to_the_loops_repair_turn_and_a_failed_check_does_not
     stored = result["gate_repair"]
     assert isinstance(stored, dict) and stored["repaired_as"] == "warmup-r" and stored["applies"] is True
     assert stored["turns"][0]["trigger"] == "gate:smoke"
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.usefixtures("require_local_sandbox")
+def test_a_real_smoke_crash_is_repaired_once_as_a_new_candidate(tmp_path: Path) -> None:
+    """The real gates in the local sandbox: the first proposal crashes smoke, its one repair turn (shown the
+    crash) crashes too, and there it ends: two failed candidates, linked both ways in the record."""
+    from evolver.baseline import Baseline
+    from tests.evolver.test_loop_e2e import _snapshot
+
+    repo = _snapshot(tmp_path / "whole")
+    crash = {"op": "replace_function", "file": "hrm/layers.py", "target": "find_multiple",
+             "code": "def find_multiple(value: int, multiple: int) -> int:\n    raise RuntimeError('boom one')\n"}
+    again = {**crash, "code": crash["code"].replace("boom one", "boom two")}
+    with scripted_server([Step(content=fenced(crash, "crash")), Step(content=fenced(again, "crash"))]) as server:
+        loop = make_loop(repo, server.url, seeds=[0], budget_seconds=3.0)
+        try:
+            proposal, info = loop.propose(1)
+            loop.baseline = Baseline(commit=loop.record.best_commit(), tree="-", seeds=[0], scores=[0.5], seconds=1.0)
+            outcome = loop.evaluate_candidate(proposal, 1, info)
+            first, second = loop.store.result("crash"), loop.store.result("crash-r")
+        finally:
+            loop.record.close()
+        asked = [r.messages[-1]["content"] for r in server.received]
+    assert len(asked) == 2 and "failed the smoke check" in asked[1] and "boom one" in asked[1]
+    assert [(o.proposal_id, o.verdict) for o in loop.outcomes] == [("crash", "failed"), ("crash-r", "failed")]
+    assert outcome.proposal_id == "crash-r" and "boom two" in outcome.reason
+    assert first is not None and first["failed_stage"] == "smoke" and "boom one" in first["reason"]
+    assert first["gate_repair"]["repaired_as"] == "crash-r"
+    assert first["gate_repair"]["turns"][0]["trigger"] == "gate:smoke"
+    assert second is not None and second["repair_of"] == "crash" and second["failed_stage"] == "smoke"
+    assert second["provider"]["repairs"][-1]["outcome"] == "applies"
