@@ -146,3 +146,13 @@ def test_a_real_smoke_crash_is_repaired_once_as_a_new_candidate(tmp_path: Path) 
     assert first["gate_repair"]["turns"][0]["trigger"] == "gate:smoke"
     assert second is not None and second["repair_of"] == "crash" and second["failed_stage"] == "smoke"
     assert second["provider"]["repairs"][-1]["outcome"] == "applies"
+
+
+def test_the_offline_catalogue_is_asked_as_before(repo: Path) -> None:
+    settings = Settings(provider="offline", literature="off", backend="local")
+    loop = EvolutionLoop(repo, settings, display=LoopDisplay(live=False))
+    try:
+        proposal, info = loop.propose(1)
+    finally:
+        loop.record.close()
+    assert proposal.edits and info["edit_format"] == "json" and "repairs" not in info
