@@ -141,6 +141,14 @@ class Settings:
     no_effect_check: bool = setting(True, "end a candidate whose fingerprint after smoke (config, parameters, first "
                                           "losses, logits) equals its parent's as no-effect, before trainability and "
                                           "any seed pair")
+    edit_format: str | None = setting(
+        None, "how the model writes its proposal: json (one schema-constrained JSON object, code in strings) or "
+              "fenced (a short JSON header, then the code in fenced or SEARCH/REPLACE blocks, no constrained "
+              "format); default: fenced for lmstudio and ollama, json otherwise", choices=("json", "fenced"))
+    repair_turns: int = setting(2, "turns that send an edit that does not apply back to the model with its error "
+                                   "and the target's current source, before the proposal is recorded invalid (0 = "
+                                   "off; a smoke or trainability crash gets one turn when this is above 0)",
+                                check="non_negative")
     protocol: str = setting("auto", "how a proposal is asked for: direct (one request), look-then-edit (a first "
                                     "request names the idea and the definitions to read, a second gets their "
                                     "source and writes the edits), auto (look-then-edit when the core "

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edits.paths import DEFAULT_POLICY, PathPolicy
 from evolver.propose.prompt import (
     SOURCE_HEADING,
     HistoryItem,
@@ -41,6 +42,7 @@ from evolver.propose.prompt import (
 )
 from evolver.propose.providers.base import Provider, ProviderError, ProviderReply, _Call, extract_json_text
 from evolver.propose.providers.records import Attempt, ProgressCallback
+from evolver.propose.repair import Repaired, Repairer
 from evolver.propose.source_pack import (
     FOCUS_MAP_SHARE,
     LOOK_MAP_SHARE,
@@ -245,15 +247,19 @@ def choose_protocol(setting: str, provider: Provider, pack: SourcePack | None) -
 
 def ask_for_proposal(provider: Provider, ctx: RequestContext, literature: Sequence[Any],
                      history: Sequence[HistoryItem], schema: dict[str, Any], *, metric: str, seed: int,
-                     protocol: str = "auto", progress: ProgressCallback | None = None,
-                     ) -> tuple[ProviderReply, Prompt, dict[str, Any]]:
-    """(the reply, the prompt that produced it, what to record: protocol, pack and, when used, the look step)."""
+                     protocol: str = "auto", progress: ProgressCallback | None = None, edit_format: str = "json",
+                     repair_turns: int = 0, policy: PathPolicy = DEFAULT_POLICY,
+                     ) -> tuple[ProviderReply, Prompt, dict[str, Any], Repaired | None]:
+    """(the reply, the prompt that produced it, what to record: protocol, pack and, when used, the look step,
+    and the repair turns: with ``repair_turns`` an edit that does not apply to ``ctx.root`` goes back to the
+    model with its error and the target's current source, evolver/propose/repair.py)."""
     facts = ctx.facts_block()
 
     def edit_prompt(focus: Sequence[str] = (), goal: str | None = None) -> Prompt:
         return provider.fit_prompt(ctx.renderer(provider.count_tokens, focus), literature, history, schema,
                                    metric=metric, seed=seed, facts=facts, code_heading=SOURCE_HEADING,
-                                   goal=goal, unbounded_summary_tokens=UNBOUNDED_SOURCE_TOKENS)
+                                   goal=goal, unbounded_summary_tokens=UNBOUNDED_SOURCE_TOKENS,
+                                   edit_format=edit_format)
 
     prompt = edit_prompt()
     chosen = choose_protocol(protocol, provider, ctx.last_pack)
@@ -271,13 +277,16 @@ def ask_for_proposal(provider: Provider, ctx: RequestContext, literature: Sequen
         record["look"] = {**look.to_dict(), "found": focus, "unknown": unknown,
                           "shown_in_full": [k for k in focus if k in shown]}
         record["edit_pack"] = _pack_record(ctx.last_pack)
+    repairer = (Repairer(provider, prompt, ctx.root, max_turns=repair_turns, policy=policy)
+                if repair_turns > 0 and provider.name != "offline" else None)
     try:
-        reply = provider.propose(prompt, progress=progress)
+        reply = provider.propose(prompt, progress=progress,
+                                 context_for=repairer.context_for if repairer is not None else None)
     except ProviderError as exc:
         # the refused edit replies are recorded with the look step's requests before them
         exc.attempts = look_attempts + list(exc.attempts)
         raise
-    return reply, prompt, record
+    return reply, prompt, record, repairer.until_applies(reply) if repairer is not None else None
 
 
 def _pack_record(pack: SourcePack | None) -> dict[str, Any] | None:

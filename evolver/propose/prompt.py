@@ -129,6 +129,7 @@ class Prompt:
     reply_tokens: int | None = None  # the reply limit the prompt announces
     shown_citations: list[str] = field(default_factory=list)  # the ids printed in this prompt
     trimmed: list[str] = field(default_factory=list)  # what was shortened to fit, in words
+    edit_format: str = "json"  # how the reply is written: json | fenced (evolver/propose/providers/reply_formats.py)
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -213,11 +214,12 @@ def _assemble(goal_line: str, summary: str, papers: str, history: str, output: s
     )
 
 
-def _output_block(metric: str, reply_tokens: int | None) -> str:
-    text = (
-        "## Output\nReturn ONE JSON object matching the schema. Fields the schema marks nullable may be null. "
-        f"Set expected_effect.metric to \"{metric}\"."
+def _output_block(metric: str, reply_tokens: int | None, edit_format: str = "json") -> str:
+    from evolver.propose.providers.reply_formats import (
+        output_rules,  # lazy: evolver.propose.providers imports this module
     )
+
+    text = output_rules(metric, edit_format)
     if reply_tokens:
         text += (
             f" The whole reply must fit in {reply_tokens} tokens (about {reply_tokens * CHARS_PER_TOKEN_ESTIMATE} "
@@ -245,6 +247,7 @@ def build_prompt(
     facts: str = "",
     code_heading: str = CODE_HEADING,
     unbounded_summary_tokens: int = 2000,
+    edit_format: str = "json",
 ) -> Prompt:
     """Assemble the request: repo map, literature to cite, what was tried, and the output contract.
 
@@ -255,15 +258,21 @@ def build_prompt(
     when even its fixed parts do not. `facts` (the task facts and resolved configuration, evolver/propose/task_facts.py)
     belong to the fixed part: never shortened. `code_heading` names what `summary` holds (a map, or source);
     without a budget, a callable summary is rendered at `unbounded_summary_tokens`.
+    `edit_format` (json | fenced) picks the reply format the rules explain.
     """
+    from evolver.propose.providers.reply_formats import (
+        system_rules,  # lazy: evolver.propose.providers imports this module
+    )
+
     count = count_tokens or estimate_tokens
+    system = system_rules(SYSTEM_RULES, edit_format)
     goal_line = f"Goal: {goal or goal_for(metric)}."
-    output = _output_block(metric, reply_tokens)
+    output = _output_block(metric, reply_tokens, edit_format)
     papers, hist = list(literature), list(history)
     trimmed: list[str] = []
 
     def total(user: str) -> int:
-        return count_messages([{"content": SYSTEM_RULES}, {"content": user}], count)
+        return count_messages([{"content": system}, {"content": user}], count)
 
     def render_summary(budget: int | None) -> str:
         return summary if isinstance(summary, str) else summary(budget if budget is not None else unbounded_summary_tokens)
@@ -295,7 +304,7 @@ def build_prompt(
             tried.append(item.catalogue_id)
     tried.extend(extra_tried)
     return Prompt(
-        system=SYSTEM_RULES,
+        system=system,
         user=user,
         schema=schema,
         tried=tried,
@@ -307,6 +316,7 @@ def build_prompt(
         reply_tokens=reply_tokens,
         shown_citations=shown,
         trimmed=trimmed,
+        edit_format=edit_format,
     )
 
 

@@ -394,13 +394,25 @@ PLAIN_GET_PRESET_CALLS = {"copy.deepcopy", "deepcopy", "builder", "KeyError", "j
                           "sorted", "tuple"}
 
 
+def _outside_data_branch(fn: ast.AST) -> list[ast.AST]:
+    """The nodes of `get_preset` outside an ``if name in _DATA_BUILDERS:`` branch: that branch serves the presets
+    fitted to a data file (the file task), not the registry's builders this reader resolves."""
+    skipped: set[int] = set()
+    for node in ast.walk(fn):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                and any(isinstance(op, ast.In) for op in node.test.ops)
+                and any(isinstance(c, ast.Name) and c.id == "_DATA_BUILDERS" for c in node.test.comparators)):
+            skipped |= {id(n) for b in node.body for n in ast.walk(b)}
+    return [n for n in ast.walk(fn) if id(n) not in skipped]
+
+
 def _get_preset_note(reader: _Reader) -> str:
     """A warning when `get_preset` does more than copy what the builder returns (values may then differ)."""
     fn = reader.presets.functions.get("get_preset")
     if fn is None:
         return f"hrm/presets.py has no get_preset function; the values are what {PRESETS_FILE}'s builder returns"
     extra = set()
-    for node in ast.walk(fn):
+    for node in _outside_data_branch(fn):
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             extra |= {ast.unparse(t) for t in targets if not isinstance(t, ast.Name)}

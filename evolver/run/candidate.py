@@ -66,6 +66,9 @@ class CandidateEvaluator:
         self.selection_rule = SelectionRule(min_seeds=first, max_seeds=max(s.max_seeds, first),
                                             min_mean_gain=s.margin)
         self.confirmation_rule = ConfirmationRule(seeds=s.confirm_seeds, min_mean_gain=s.margin)
+        # (candidate, proposal, failed stage, error) -> evolver.propose.repair.Repaired or None: the loop's repair turn
+        # for a candidate that crashed its smoke or trainability gate (None: no repairs).
+        self.gate_repair: Callable[[Any, Proposal, str, str], Any] | None = None
 
     def evaluate(self, proposal: Proposal, cycle: int, info: dict[str, Any]) -> CycleOutcome:
         """Apply the proposal on a fresh candidate branch, commit it with its diff, then gate and judge it."""
@@ -145,10 +148,14 @@ class CandidateEvaluator:
                     ctx.record.record_result(cand, NO_EFFECT, reason=no_effect.reason)
                     return self.finish(result, NO_EFFECT, None, no_effect.reason, timings)
             if not gates.ok:
+                repaired = self._gate_repair(cand, proposal, gates, result, screen)
                 with ctx.lock:
                     ctx.record.record_result(cand, f"failed:{gates.failed_stage}", reason=gates.reason)
-                    return self.finish(result, "failed", gates.failed_stage,
-                                       f"{gates.failed_stage}: {gates.reason}", timings)
+                    failed = self.finish(result, "failed", gates.failed_stage,
+                                         f"{gates.failed_stage}: {gates.reason}", timings)
+                if repaired is None:
+                    return failed
+                return self._judge_repaired(cand, proposal, repaired, result, baseline, turn)
             if screen is not None:
                 screened = self._screen(cand, out, timings, baseline, screen, result)
                 if screened is not None:
@@ -170,6 +177,38 @@ class CandidateEvaluator:
                 screen[0].leave(screen[1])  # a member that ended before its screen holds up no batch
             with ctx.lock:
                 ctx.record.remove_candidate(current[0])
+
+    def _gate_repair(self, cand: Any, proposal: Proposal, gates: Any, result: dict[str, Any],
+                     screen: Any) -> Any:
+        """The repair turn for a candidate that crashed its smoke or trainability gate with an error (the
+        stage's reason and log tail go to the model): the repaired proposal (evolver.propose.repair.Repaired) when it
+        applies, else None. Not for a repaired candidate again, nor for a screened cohort member."""
+        if (self.gate_repair is None or screen is not None or result.get("repair_of")
+                or gates.failed_stage not in ("smoke", "trainability")):
+            return None
+        run = next((r for r in gates.stages if r.stage == gates.failed_stage and not r.ok), None)
+        error = "\n".join(x for x in (gates.reason, run.log_tail if run is not None else "") if x)
+        if "Error" not in error and "Traceback" not in error:
+            return None  # a failed check, not a crash: nothing the model can read and fix
+        repaired = self.gate_repair(cand, proposal, str(gates.failed_stage), error)
+        if repaired is None:
+            return None
+        result["gate_repair"] = {"turns": repaired.info(), "applies": repaired.applies,
+                                 "repaired_as": repaired.proposal.id if repaired.applies else None}
+        return repaired if repaired.applies else None
+
+    def _judge_repaired(self, cand: Any, proposal: Proposal, repaired: Any, result: dict[str, Any],
+                        baseline: Baseline, turn: Turn | None) -> CycleOutcome:
+        """The repaired proposal as a new candidate on the same parent: applied, committed, gated, judged."""
+        info = dict(result.get("provider") or {})
+        info.update(repair_of=proposal.id, repairs=[*info.get("repairs", []), *repaired.info()])
+        with self.ctx.lock:
+            prepared = self.prepare(repaired.proposal, int(result.get("cycle", 0)), info, parent=cand.parent)
+        if isinstance(prepared, CycleOutcome):
+            return prepared
+        new, new_result, new_timings = prepared
+        new_result["repair_of"] = proposal.id
+        return self.run_committed(new, repaired.proposal, new_result, new_timings, baseline=baseline, turn=turn)
 
     def _screen(self, cand: Candidate, out: Path, timings: dict[str, float], baseline: Baseline,
                 screen: tuple[ScreenBatches, int], result: dict[str, Any]) -> CycleOutcome | None:

@@ -34,7 +34,9 @@ from evolver.propose.literature import literature_context
 from evolver.propose.look import RequestContext, ask_for_proposal
 from evolver.propose.prompt import HistoryItem
 from evolver.propose.providers import ProviderError, get_provider
-from evolver.propose.providers.base import Provider
+from evolver.propose.providers.base import Provider, ProviderReply
+from evolver.propose.providers.reply_formats import resolve_edit_format
+from evolver.propose.repair import Repaired, Repairer
 from evolver.propose.task_facts import task_facts
 from evolver.record.git_record import Candidate, RecordError
 from evolver.run.baseline import measure_parent, weak_baseline_warning
@@ -65,6 +67,8 @@ class EvolutionLoop:
         self._papers: list[Any] | None = None
         self.stop_reason: str | None = None
         self.candidates = CandidateEvaluator(self.ctx)  # its rules read the settings a resume kept
+        self.candidates.gate_repair = self._gate_repair
+        self._asked: dict[str, tuple[Any, ProviderReply]] = {}  # proposal id -> (prompt, last reply): gate repairs
 
     @property
     def provider(self) -> Provider:
@@ -134,29 +138,57 @@ class EvolutionLoop:
             s.task, s.metric, s.budget_seconds, baseline=base, data_dir=self.ctx.run_dir / DATA_DIR,
             eval_segments=spec.eval_segments, n_train=spec.n_train))
 
-        def ask() -> tuple[Any, Any, dict[str, Any]]:
+        def ask() -> tuple[ProviderReply, Any, dict[str, Any], Repaired | None]:
+            # the edit format follows the provider in force (a fallback may have changed it)
             return ask_for_proposal(self.provider, request, self.papers, history, proposal_json_schema(),
                                     metric=s.metric, seed=cycle, protocol=s.protocol,
-                                    progress=self.ctx.display.llm_progress)
+                                    progress=self.ctx.display.llm_progress,
+                                    edit_format=resolve_edit_format(s.edit_format, s.provider),
+                                    repair_turns=s.repair_turns, policy=self.ctx.policy)
 
         started = time.monotonic()
         try:
-            reply, prompt, asked = ask()
+            reply, prompt, asked, repaired = ask()
         except ProviderError as exc:
             if not self._fall_back(exc):
                 raise
-            reply, prompt, asked = ask()
-        proposal = reply.proposal
+            reply, prompt, asked, repaired = ask()
+        proposal = repaired.proposal if repaired is not None else reply.proposal
         provenance = proposal.provenance.model_copy(update={"parent_commit": parent_commit})
         with self.ctx.lock:
             proposal = proposal.model_copy(update={"id": self._unique_id(proposal.id), "provenance": provenance})
         info = {**reply.info(), "llm_seconds": time.monotonic() - started,
                 "prompt_tokens": getattr(prompt, "prompt_tokens", None),
                 "prompt_budget": getattr(prompt, "budget_tokens", None), "trimmed": getattr(prompt, "trimmed", None),
-                **asked}
+                **asked, "edit_format": resolve_edit_format(s.edit_format, s.provider)}
+        if repaired is not None and repaired.turns:
+            info["repairs"] = repaired.info()  # every turn: errors sent, sources shown, raw replies, outcome
+            self.ctx.display.log(f"{proposal.id}: {len(repaired.turns)} repair turn(s): "
+                                 + ("its edits apply" if repaired.applies else "its edits still do not apply"))
+        self._asked[proposal.id] = (prompt, repaired.reply if repaired is not None and repaired.reply else reply)
         if reply.dropped_citations:
             self.ctx.display.log(f"citations dropped (not in the run's list): {', '.join(reply.dropped_citations)}")
         return proposal, info
+
+    def _gate_repair(self, cand: Any, proposal: Proposal, stage: str, error: str) -> Repaired | None:
+        """One repair turn for a candidate that crashed a gate (evolver/run/candidate.py calls it): the model sees
+        the error's tail and the targets' current source in the parent's tree; a repaired proposal that applies
+        gets a fresh id (<id>-r, ...)."""
+        asked = self._asked.get(proposal.id)
+        if asked is None or self.ctx.settings.repair_turns <= 0 or self.provider.name == "offline":
+            return None
+        prompt, reply = asked
+        with self.ctx.lock:
+            root = self.ctx.parent_tree(cand.parent)
+        self.ctx.display.stage("propose", f"{proposal.id}: repair turn after the {stage} failure")
+        repaired = Repairer(self.provider, prompt, root, max_turns=1, policy=self.ctx.policy).after_gate(
+            proposal, reply, stage, error)
+        if repaired.applies:
+            with self.ctx.lock:
+                repaired.proposal = repaired.proposal.model_copy(update={"id": self._unique_id(f"{proposal.id[:60]}-r")})
+            if repaired.reply is not None:
+                self._asked[repaired.proposal.id] = (prompt, repaired.reply)
+        return repaired
 
     # ------------------------------------------------------------------ resume
     def resume_unfinished(self) -> None:

@@ -14,6 +14,7 @@ C - R - REASK_RESERVE_TOKENS - TEMPLATE_MARGIN_TOKENS (`prompt_budget()`), which
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import socket
@@ -38,6 +39,7 @@ from evolver.propose.prompt import (
 )
 from evolver.propose.providers.cache import ReplyCache
 from evolver.propose.providers.records import Attempt, LLMProgress, ProgressCallback, ServerInfo
+from evolver.propose.providers.reply_formats import fenced_text, parse_reply, retry_line
 from proposals.schema import Proposal, ProposalError, load_proposal
 
 MAX_ATTEMPTS = 3  # total tries at getting a valid proposal from one prompt
@@ -264,10 +266,12 @@ def problem_list(problems: Sequence[str], limit: int = REASK_PROBLEM_CHARS) -> s
 
 
 def reask_message(problems: Sequence[str] | str, offending: str = "", *,
-                  excerpt_chars: int = REASK_EXCERPT_CHARS, problem_chars: int = REASK_PROBLEM_CHARS) -> str:
+                  excerpt_chars: int = REASK_EXCERPT_CHARS, problem_chars: int = REASK_PROBLEM_CHARS,
+                  edit_format: str = "json", context: str = "") -> str:
     """The follow-up user message after a refused reply: every validation problem, and what to do.
 
     The refused reply itself travels as the assistant message before this one, shortened by `excerpt`.
+    `context` (e.g. the current source of the edits' targets, evolver/propose/repair.py) goes before the last line.
     """
     items = [problems] if isinstance(problems, str) else list(problems)
     quoted = f"Its start was:\n{excerpt(offending, excerpt_chars)}\n\n" if offending and excerpt_chars else ""
@@ -275,7 +279,8 @@ def reask_message(problems: Sequence[str] | str, offending: str = "", *,
         "Your previous reply (quoted above, shortened) was not a valid proposal.\n"
         f"Validation errors:\n{problem_list(items, problem_chars)}\n\n"
         f"{quoted}"
-        "Reply again with ONE corrected JSON object that matches the schema, and nothing else."
+        + (f"{context.strip()}\n\n" if context.strip() else "")
+        + retry_line(edit_format)
     )
 
 
@@ -354,10 +359,10 @@ class Provider(ABC):
 
     # -- to implement -------------------------------------------------------------------------
     @abstractmethod
-    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any], temperature: float,
+    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, temperature: float,
                   max_tokens: int | None, on_tokens: Callable[[int], None]) -> Completion:
         """One streamed chat call; `on_tokens(n)` after each chunk. TransientError for retryable failures,
-        ProviderError for the rest."""
+        ProviderError for the rest. `schema` None: no constrained response format (the fenced edit format)."""
 
     @abstractmethod
     def endpoint(self) -> str:
@@ -533,9 +538,20 @@ class Provider(ABC):
     def cache_key(self, prompt: Prompt) -> str:
         return prompt_hash(prompt, model=f"{self.name}:{self.model}")
 
-    def propose(self, prompt: Prompt, progress: ProgressCallback | None = None) -> ProviderReply:
-        """Ask for a proposal until one validates (at most `max_attempts` tries); report progress as it streams."""
+    def propose(self, prompt: Prompt, progress: ProgressCallback | None = None, *,
+                follow_up: Sequence[dict[str, str]] = (),
+                context_for: Callable[[str], str] | None = None) -> ProviderReply:
+        """Ask for a proposal until one validates (at most `max_attempts` tries); report progress as it streams.
+
+        The reply is read in the prompt's edit format (`prompt.edit_format`, evolver/propose/providers/reply_formats.py);
+        only the json format sends the schema as a constrained response format. `follow_up` (a repair turn,
+        evolver/propose/repair.py) is appended to the prompt's messages: the earlier reply and what went wrong with it.
+        `context_for(refused reply text)` may add text to a re-ask (the current source of the edits' targets).
+        """
+        fmt = getattr(prompt, "edit_format", "json")
         key = self.cache_key(prompt)
+        if follow_up:
+            key = hashlib.sha256((key + json.dumps(list(follow_up), sort_keys=True)).encode("utf-8")).hexdigest()
         cached = self._from_cache(key)
         if cached is not None:
             return cached
@@ -547,16 +563,20 @@ class Provider(ABC):
             )
         report = progress or self.progress
         call = _Call(self, report)
-        base = [dict(m) for m in prompt.messages]
+        base = [dict(m) for m in prompt.messages] + [dict(m) for m in follow_up]
         messages = base
+        schema = prompt.schema if fmt == "json" else None
         last_problems: list[str] = []
         truncated = False
         for attempt in range(1, self.max_attempts + 1):
             call.attempt = attempt
             temperature = self.temperature + 0.2 * (attempt - 1)  # vary repeats a little
             max_tokens = self._max_tokens_for(messages)
-            completion = self._call_with_retries(messages, prompt.schema, temperature, max_tokens, call)
-            text = extract_json_text(completion.content, completion.reasoning)
+            completion = self._call_with_retries(messages, schema, temperature, max_tokens, call)
+            if fmt == "json":
+                text = extract_json_text(completion.content, completion.reasoning)
+            else:
+                text = fenced_text(completion.content, completion.reasoning)
             problems, proposal, dropped = self._judge(text, completion, prompt, attempt, max_tokens)
             record = call.record(completion, "accepted" if not problems else "refused", problems, max_tokens)
             record.dropped_citations = dropped
@@ -567,7 +587,14 @@ class Provider(ABC):
             kind = "truncated" if truncated else ("empty_reply" if not text.strip() else "invalid_proposal")
             self._stats.fail(kind)
             call.emit("refused", detail=f"{len(problems)} problem(s)", problems=problems)
-            messages = self._reask(base, text or completion.content or completion.reasoning, problems, max_tokens)
+            offending = text or completion.content or completion.reasoning
+            context = ""
+            if context_for is not None:
+                try:
+                    context = context_for(offending)
+                except Exception:  # noqa: BLE001 - extra context is a help, never a reason to fail the call
+                    context = ""
+            messages = self._reask(base, offending, problems, max_tokens, edit_format=fmt, context=context)
         detail = "\n".join(f"  - {p}" for p in last_problems)
         raise ProviderError(
             f"{self.name} ({self.model}) gave no valid proposal after {self.max_attempts} tries; "
@@ -584,7 +611,7 @@ class Provider(ABC):
         proposal: Proposal | None = None
         dropped: list[str] = []
         try:
-            proposal = load_proposal(text)
+            proposal = parse_reply(text, getattr(prompt, "edit_format", "json"), prompt.metric)
         except ProposalError as exc:
             problems = list(exc.problems)
         if proposal is not None:
@@ -647,20 +674,23 @@ class Provider(ABC):
         )
 
     def _reask(self, base: list[dict[str, str]], offending: str, problems: list[str],
-               max_tokens: int | None) -> list[dict[str, str]]:
+               max_tokens: int | None, *, edit_format: str = "json", context: str = "") -> list[dict[str, str]]:
         """The original question, the refused reply (an excerpt), and the problems: never the whole reply, and
         never more than the context leaves (the excerpt shrinks first, then the problem list)."""
         ctx = self.context_tokens
         base_tokens = count_messages(base, self.count_tokens)
-        for excerpt_chars, problem_chars in ((REASK_EXCERPT_CHARS, REASK_PROBLEM_CHARS), (300, 900), (0, 400)):
+        levels = ((REASK_EXCERPT_CHARS, REASK_PROBLEM_CHARS, context), (300, 900, context), (300, 900, ""),
+                  (0, 400, ""))
+        for excerpt_chars, problem_chars, extra in levels:
             messages = base + [
                 {"role": "assistant", "content": excerpt(offending, excerpt_chars) if excerpt_chars else "(omitted)"},
-                {"role": "user", "content": reask_message(problems, "", problem_chars=problem_chars)},
+                {"role": "user", "content": reask_message(problems, "", problem_chars=problem_chars,
+                                                          edit_format=edit_format, context=extra)},
             ]
             if ctx is None:
                 return messages
-            extra = sum(self.count_tokens(m["content"]) for m in messages[-2:]) + 16
-            if base_tokens + extra + self.reply_tokens() + TEMPLATE_MARGIN_TOKENS <= ctx:
+            added = sum(self.count_tokens(m["content"]) for m in messages[-2:]) + 16
+            if base_tokens + added + self.reply_tokens() + TEMPLATE_MARGIN_TOKENS <= ctx:
                 return messages
         return messages
 
@@ -692,7 +722,7 @@ class Provider(ABC):
             requested_model=self.model,
         )
 
-    def _call_with_retries(self, messages: list[dict[str, str]], schema: dict[str, Any], temperature: float,
+    def _call_with_retries(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, temperature: float,
                            max_tokens: int | None, call: _Call) -> Completion:
         last: TransientError | None = None
         for retry in range(self.max_retries + 1):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class OfflineProvider(Provider):
     def endpoint(self) -> str:
         return "built-in catalogue"
 
-    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any], temperature: float,
+    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, temperature: float,
                   max_tokens: int | None, on_tokens: Callable[[int], None]) -> Completion:
         raise NotImplementedError("the offline provider does not chat; propose() picks from the catalogue")
 
@@ -68,7 +68,10 @@ class OfflineProvider(Provider):
             kind="exhausted",
         )
 
-    def propose(self, prompt: Prompt, progress: ProgressCallback | None = None) -> ProviderReply:
+    def propose(self, prompt: Prompt, progress: ProgressCallback | None = None, *,
+                follow_up: Sequence[dict[str, str]] = (),
+                context_for: Callable[[str], str] | None = None) -> ProviderReply:
+        """The next catalogue entry (no conversation: ``follow_up`` and ``context_for`` do not apply)."""
         t0 = time.monotonic()
         self._stats.requests += 1
         entry = self.pick(prompt)

@@ -125,7 +125,7 @@ class OllamaProvider(Provider):
         return ctx, source
 
     # -- the chat call ------------------------------------------------------------------------
-    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any], temperature: float,
+    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, temperature: float,
                   max_tokens: int | None, on_tokens: Callable[[int], None]) -> Completion:
         from proposals.schema import flatten_schema  # Ollama silently ignores $ref/anyOf: inline them
 
@@ -140,7 +140,8 @@ class OllamaProvider(Provider):
         chunks = 0
         try:
             stream = self.client.chat(
-                model=self.model, messages=messages, format=flatten_schema(schema), options=options, stream=True
+                model=self.model, messages=messages, format=flatten_schema(schema) if schema is not None else None,
+                options=options, stream=True
             )
             for part in stream:
                 last = part

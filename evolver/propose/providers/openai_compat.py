@@ -1,6 +1,7 @@
 """OpenAI-compatible chat completions (LM Studio, llama.cpp's server, OpenAI) through the official `openai` client.
 
-Replies are streamed (progress per chunk) with `max_tokens` and a strict `json_schema` response format.
+Replies are streamed (progress per chunk) with `max_tokens` and, in the json edit format, a strict `json_schema`
+response format (the fenced format sends none: evolver/propose/providers/reply_formats.py).
 Preflight lists the served models through the client (`GET /v1/models`) and reads the context size where the
 server tells it: llama.cpp's `GET /props` (also its `/tokenize` for exact counts), LM Studio's
 `GET /api/v0/models`, or a context field in the model list (llama.cpp `meta.n_ctx`, vLLM `max_model_len`).
@@ -225,7 +226,7 @@ class OpenAICompatProvider(Provider):
         return "pass --model (HRM_MODEL) with one of them"
 
     # -- the chat call ------------------------------------------------------------------------
-    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any], temperature: float,
+    def _complete(self, messages: list[dict[str, str]], schema: dict[str, Any] | None, temperature: float,
                   max_tokens: int | None, on_tokens: Callable[[int], None]) -> Completion:
         content: list[str] = []
         reasoning: list[str] = []
@@ -239,11 +240,12 @@ class OpenAICompatProvider(Provider):
             "temperature": temperature,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "response_format": {
+        }
+        if schema is not None:  # None: the fenced edit format, free text (evolver/propose/providers/reply_formats.py)
+            request["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": self.schema_name, "strict": True, "schema": schema},
-            },
-        }
+            }
         if max_tokens:
             request[self.max_tokens_field] = max_tokens
         try:

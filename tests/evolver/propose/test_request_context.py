@@ -101,7 +101,7 @@ def _direct(tree: Path, context: int) -> tuple[dict, RequestContext, dict, int]:
                            idea="Deeper recursion", files=("hrm/presets.py",), symbols=("_cpu_model",))]
     with scripted_server([Step(content=valid_proposal_text())]) as server:
         provider = get_provider("lmstudio", model="m", host=f"{server.url}/v1", context_tokens=context, **FAST)
-        reply, prompt, record = ask_for_proposal(provider, ctx, [], history, proposal_json_schema(),
+        reply, prompt, record, _ = ask_for_proposal(provider, ctx, [], history, proposal_json_schema(),
                                                  metric="token_accuracy", seed=1, protocol="direct")
         budget = provider.prompt_budget()
         assert budget is not None and prompt.prompt_tokens <= budget
@@ -170,7 +170,7 @@ def test_look_then_edit_end_to_end_through_the_provider(tree: Path) -> None:
     with scripted_server(script) as server:
         provider = get_provider("lmstudio", model="m", host=f"{server.url}/v1", context_tokens=4096, **FAST)
         papers = literature_context(4, state_dir=None, offline=True)
-        reply, prompt, record = ask_for_proposal(provider, ctx, papers, [], proposal_json_schema(),
+        reply, prompt, record, _ = ask_for_proposal(provider, ctx, papers, [], proposal_json_schema(),
                                                  metric="token_accuracy", seed=2, protocol="auto")
         budget = provider.prompt_budget()
         received = list(server.received)
@@ -298,7 +298,7 @@ def test_look_then_edit_through_the_ollama_client(tree: Path) -> None:
     look = json.dumps({"idea": "Two more L cycles.", "symbols": ["_cpu_model"]})
     with scripted_server([Step(content=look), Step(content=valid_proposal_text("more-l"))], flavour="ollama") as server:
         provider = get_provider("ollama", model="qwen-test", host=server.url, context_tokens=8192, **FAST)
-        reply, _, record = ask_for_proposal(provider, ctx, [], [], proposal_json_schema(), metric="token_accuracy",
+        reply, _, record, _ = ask_for_proposal(provider, ctx, [], [], proposal_json_schema(), metric="token_accuracy",
                                             seed=4, protocol="look-then-edit")
         received = list(server.received)
     assert reply.proposal.id == "more-l" and [r.path for r in received] == ["/api/chat", "/api/chat"]
