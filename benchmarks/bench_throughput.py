@@ -16,7 +16,7 @@ the same seeds, `--literature off`, `--cycles`, `--budget-seconds` and `--backen
             thread each;
 - ray:      a local two-node Ray cluster (a head with no CPUs for tasks, the driver's node, and a worker
             node with --ray-node-cpus CPUs, 2 by default: one seed pair of 1-CPU sides, since a pair's sides
-            share one node; started here the way tests/evolver/test_executor_ray.py starts one, and always
+            share one node; started here the way tests/evolver/execute/test_executor_ray.py starts one, and always
             shut down afterwards), run with `--executor ray --ray-address ADDR` and the other defaults: the
             same work as parallel, through Ray (every input shipped through the object store, each pair a
             placement group).
@@ -342,7 +342,7 @@ def free_port() -> int:
 @contextmanager
 def ray_cluster(node_cpus: float, log: Callable[[str], None]) -> Iterator[str]:
     """A head with no CPUs for tasks and a worker node with ``node_cpus`` CPUs, on this machine, as
-    tests/evolver/test_executor_ray.py starts them (ray.cluster_utils.Cluster: each node its own raylet;
+    tests/evolver/execute/test_executor_ray.py starts them (ray.cluster_utils.Cluster: each node its own raylet;
     shutdown stops these processes and only these). Yields the cluster's address."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from ray.cluster_utils import Cluster

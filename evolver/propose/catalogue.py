@@ -1,6 +1,6 @@
 """Literature-grounded changes to HRM, each a complete proposal the offline provider can hand out.
 
-Every entry is a real edit against the names in `hrm/` (checked by tests/evolver/test_offline_catalogue.py:
+Every entry is a real edit against the names in `hrm/` (checked by tests/evolver/propose/test_offline_catalogue.py:
 each entry validates with `load_proposal` and applies cleanly with `edits.engine.apply_edits`).
 
 Where to edit a knob: the presets in `hrm/presets.py` pass most `ModelConfig`/`TrainConfig` values

@@ -19,7 +19,7 @@ What must not run out of order does not:
 
 A candidate rejected at selection is rejected against the parent it branched from (as the issue of its cycle
 was decided); with an effect that does not depend on what else merged, every verdict equals the serial run's
-(tests/evolver/test_cohort.py).
+(tests/evolver/run/test_cohort.py).
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def test_main_command_ends_no_effect_and_duplicate_without_a_pair_and_judges_a_r
 def test_a_repeated_edit_ends_duplicate_and_a_resumed_run_still_knows_the_first(user_repo: Path,
                                                                                tmp_path: Path) -> None:
     """The real loop, git record and edit engine on the template repository; only the executor's job runner
-    is scripted (tests/evolver/test_cohort.py). A repeat of an earlier candidate's edit ends duplicate before any
+    is scripted (tests/evolver/run/test_cohort.py). A repeat of an earlier candidate's edit ends duplicate before any
     job of its own; after a restart the run reads its earlier candidates back from the record."""
     from evolver.propose.providers.offline import OfflineProvider
     from evolver.run.loop import EvolutionLoop
