@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from puzzles.format import DatasetMetadata, write_split
+from puzzles.tasks import FILE_GPU_TASK_NAME, FILE_TASK_NAME, FILE_TASKS, TaskSpec
 
 MAX_LINE_BYTES = 1 << 20
 """A line longer than this (1 MiB, without its newline) is refused before it is parsed."""
@@ -55,8 +56,7 @@ UNK_TOKEN = "<unk>"
 RESERVED = (PAD_TOKEN, UNK_TOKEN)
 PAD_ID, UNK_ID = 0, 1
 REPORT_FILE = "file_task.json"
-TASK_NAME, GPU_TASK_NAME = "file", "file-gpu"
-FILE_TASKS = (TASK_NAME, GPU_TASK_NAME)
+TASK_NAME, GPU_TASK_NAME = FILE_TASK_NAME, FILE_GPU_TASK_NAME
 CPU_EVAL_SEGMENTS, GPU_EVAL_SEGMENTS = 4, 16
 
 Seq = tuple[str, ...]
@@ -231,7 +231,6 @@ def file_task_spec(train_file: str | Path, select_file: str | Path | None = None
                    final_file: str | Path | None = None, *, gpus: bool = False) -> Any:
     """The trusted TaskSpec of a task file (puzzles.tasks.TaskSpec): its files and their sha256, the split
     sizes and seq_len, all a function of the files' content. Raises FileTaskError naming the problem."""
-    from puzzles.tasks import TaskSpec
 
     files = _read_all(train_file, select_file, final_file)
     if select_file is None:

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+FILE_TASK_NAME, FILE_GPU_TASK_NAME = "file", "file-gpu"
+FILE_TASKS = (FILE_TASK_NAME, FILE_GPU_TASK_NAME)
+"""The tasks a user's task file makes (puzzles/file_task.py): their specs come from the run's task.json."""
+
 HELD_OUT_SPLITS: tuple[str, ...] = ("select", "final")
 """``select`` drives every verdict; ``final`` is only read by the report, so selection cannot overfit it."""
 
@@ -61,8 +65,6 @@ def get_task(name: str, **overrides: Any) -> TaskSpec:
 def task_spec(name: str, data_dir: Path | None = None) -> TaskSpec:
     """The trusted spec of ``name``: a built-in task from ``TASKS``, or a file task (``file``, ``file-gpu``:
     ``puzzles.file_task``) from the ``task.json`` its run wrote beside the splits it built on the host."""
-    from puzzles.file_task import FILE_TASKS
-
     if name not in FILE_TASKS:
         return get_task(name)
     if data_dir is None or not (Path(data_dir) / "task.json").is_file():
