@@ -120,11 +120,12 @@ def test_gates_count_an_edit_the_preset_overrides_as_no_effect(tmp_path: Path) -
 @pytest.mark.timeout(900)
 def test_the_script_against_llamacpp_never_crashes(llama_server: LlamaServer, tmp_path: Path) -> None:
     """Both formats, the direct protocol, one request each, near the smallest prompt the loop's request fits
-    (a 2400-token context: the fenced format's fixed part, task facts included, is about 1500 tokens) to keep
-    the tiny model's CPU time down: each request ends refused, applied, repaired or still failing."""
+    (a 2600-token context: the fenced format's fixed part, task facts included, is 1890 tokens with SmolLM2's
+    tokenizer) to keep the tiny model's CPU time down: each request ends refused, applied, repaired or still
+    failing."""
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(BENCH), "--provider", "lmstudio", "--host", f"{llama_server.url}/v1", "--n", "1",
-           "--context-tokens", "2400", "--max-reply-tokens", "128", "--max-attempts", "1", "--repair-turns", "1",
+           "--context-tokens", "2600", "--max-reply-tokens", "128", "--max-attempts", "1", "--repair-turns", "1",
            "--literature", "off", "--protocols", "direct",
            "--json-out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=850)
