@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import ROOT as REPO  # noqa: E402 - puts the repository on the path
 
 from evolver.execute.cascade import run_cascade  # noqa: E402
 from evolver.execute.harness_copy import pristine_harness  # noqa: E402

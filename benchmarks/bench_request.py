@@ -14,7 +14,8 @@ protocol `--protocol auto` would pick.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from common import ROOT
 
 from evolver.propose.literature import literature_context
 from evolver.propose.look import RequestContext, choose_protocol
@@ -23,8 +24,6 @@ from evolver.propose.task_facts import task_facts
 from evolver.run.state import Baseline
 from proposals.schema import proposal_json_schema
 from puzzles.tasks import get_task
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
