@@ -94,9 +94,11 @@ def test_offline_main_command_runs_two_cycles_and_records_them(repo: Path) -> No
     for pid in pids:
         assert _record_files(repo, run_id, pid) == ["diff.patch", "proposal.json", "result.json"]
         result = json.loads(_git(repo, "show", f"{record}:proposals/{run_id}/{pid}/result.json"))
-        assert result["verdict"] in {"merged", "rejected", "failed", "inconclusive", "void"}
+        assert result["verdict"] in {"merged", "rejected", "failed", "inconclusive", "void", "no-effect"}
         assert "rule" in (result.get("comparison") or {"rule": "failed before comparison"})
-        if result["verdict"] != "failed":
+        if result["verdict"] == "no-effect":  # its fingerprint after smoke equals its parent's: no pair
+            assert [s["stage"] for s in result["stages"]] == ["safety", "smoke"] and "judgement" not in result
+        elif result["verdict"] != "failed":
             assert [s["stage"] for s in result["stages"]][:3] == ["safety", "smoke", "trainability"]
             comp = result["comparison"]
             assert comp["seeds"][:2] == [0, 1] and len(comp["candidate"]) == len(comp["baseline"]) == 2
@@ -250,8 +252,8 @@ def test_the_main_command_screens_a_batch_for_real_and_records_the_screen(repo: 
     pids = _git(repo, "ls-tree", "--name-only", f"{record}:proposals/{run_id}").split()
     results = {pid: json.loads(_git(repo, "show", f"{record}:proposals/{run_id}/{pid}/result.json")) for pid in pids}
     screened = {pid: r["screen"] for pid, r in results.items() if r.get("screen")}
-    if len(screened) < 2:  # a candidate that failed its gates takes no place in the batch
-        assert all(r["verdict"] == "failed" for pid, r in results.items() if pid not in screened), results
+    if len(screened) < 2:  # a candidate that failed its gates (or ended no-effect) takes no place in the batch
+        assert all(r["verdict"] in ("failed", "no-effect") for pid, r in results.items() if pid not in screened), results
         pytest.skip("a catalogue entry failed its gates; the batch had one member")
     assert {s["seed"] for s in screened.values()} == {200_000}
     assert {s["budget_seconds"] for s in screened.values()} == {2.0}
