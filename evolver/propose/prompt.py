@@ -46,7 +46,8 @@ Do not repeat a change that was already tried; learn from the verdicts in the hi
 CHARS_PER_TOKEN_ESTIMATE = 3  # conservative: code and JSON often run near 3 characters per token
 MESSAGE_OVERHEAD_TOKENS = 8  # chat-template tokens around each message (role markers, separators)
 LITERATURE_SHARE = 0.25  # of the variable budget, at most
-HISTORY_SHARE = 0.15
+HISTORY_SHARE = 0.25  # what was tried and how it ended teaches more than one more definition
+COMPACT_HISTORY_CHARS = 200  # a history entry's one-line form, when the full entries do not fit
 SHORT_SUMMARY_CHARS = 140
 
 TokenCounter = Callable[[str], int]
@@ -92,7 +93,7 @@ class HistoryItem:
     pairs: int = 0  # seed pairs behind the gain
     error_tail: str = ""  # for a failure: the last lines of the error
 
-    def line(self) -> str:
+    def line(self, compact: bool = False) -> str:
         gain = ""
         if self.score is not None:
             gain = f" mean gain {self.score:+.4f}"
@@ -103,6 +104,8 @@ class HistoryItem:
             elif self.pairs:
                 gain += f" ({self.pairs} seed pair{'s' if self.pairs != 1 else ''})"
         lines = [f"- [{self.proposal_id}] {self.title}: {self.verdict}{gain}"]
+        if compact:  # one line: the verdict (and why it ended) survives where the idea and edits do not fit
+            return _clip(lines[0], COMPACT_HISTORY_CHARS)
         if self.idea:
             lines.append(f"  idea: {self.idea}")
         if self.files or self.symbols:
@@ -178,11 +181,15 @@ def _literature_block(literature: Sequence[_PaperLike], level: str = "full", omi
     return "\n".join(lines)
 
 
-def _history_block(history: Sequence[HistoryItem], omitted: int = 0) -> str:
+def _history_block(history: Sequence[HistoryItem], omitted: int = 0, compact: bool = False) -> str:
     if not history:
         return f"({omitted} earlier attempts omitted for space)" if omitted else "(nothing tried yet)"
     lines = [f"({omitted} older attempts omitted for space)"] if omitted else []
-    return "\n".join(lines + [item.line() for item in history])
+    return "\n".join(lines + [item.line(compact) for item in history])
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def _cut_lines(text: str, fits: Callable[[str], bool]) -> str:
@@ -348,15 +355,20 @@ def _fit_literature(papers: list[_PaperLike], cap: int, count: TokenCounter) -> 
 
 
 def _fit_history(history: list[HistoryItem], cap: int, count: TokenCounter) -> tuple[str, str]:
-    """The most recent history entries within `cap` tokens."""
+    """The most recent history entries within `cap` tokens: in full while they fit, else one compact line each
+    (title, verdict, why it ended, gain), so a small context still learns what was tried and how it ended."""
 
-    def block(keep: int) -> str:
-        return _history_block(history[len(history) - keep:], omitted=len(history) - keep)
+    def block(keep: int, compact: bool = False) -> str:
+        return _history_block(history[len(history) - keep:], omitted=len(history) - keep, compact=compact)
 
     full = block(len(history))
     if count(full) <= cap:
         return full, ""
     keep = _largest(len(history), lambda k: count(block(k)) <= cap)
+    if keep < len(history):
+        short = _largest(len(history), lambda k: count(block(k, compact=True)) <= cap)
+        if short > keep:
+            return block(short, compact=True), f"history: last {short} of {len(history)} entries, one line each"
     return block(keep), f"history: last {keep} of {len(history)} entries"
 
 

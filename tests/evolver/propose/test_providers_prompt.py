@@ -120,3 +120,22 @@ def test_estimate_is_conservative_and_a_counter_can_replace_it() -> None:
                          count_tokens=lambda t: len(t.split()))
     assert exact.prompt_tokens <= 2000
     assert exact.prompt_tokens == count_messages(exact.messages, lambda t: len(t.split()))
+
+
+def test_history_that_does_not_fit_in_full_keeps_one_line_per_attempt() -> None:
+    """A small context drops the ideas, edits and errors of earlier attempts before the attempts themselves: each
+    keeps one line with its verdict and why it ended."""
+    from evolver.propose.prompt import COMPACT_HISTORY_CHARS, HistoryItem, build_prompt
+    from proposals.schema import proposal_json_schema
+
+    history = [HistoryItem(f"p{i}", f"change {i}", f"no-effect: the edit did not change training ({i})",
+                           idea=f"idea-{i} " + "because of reasons " * 40, files=("hrm/config.py",),
+                           symbols=("TrainConfig",), error_tail="Traceback\n" * 4) for i in range(3)]
+    full = build_prompt("map", [], history, proposal_json_schema())
+    assert all(f"idea: idea-{i} " in full.user for i in range(3))
+    small = build_prompt("map " * 400, [], history, proposal_json_schema(), budget_tokens=2600)
+    for i in range(3):
+        assert f"[p{i}] change {i}: no-effect: the edit did not change training ({i})" in small.user
+        assert f"idea-{i} " not in small.user
+    assert any("one line each" in note for note in small.trimmed)
+    assert all(len(line) <= COMPACT_HISTORY_CHARS for line in small.user.splitlines() if line.startswith("- [p"))

@@ -69,7 +69,9 @@ def _main(repo: Path, server_url: str, *extra: str, timeout: int = 1700) -> subp
            "--model", "scripted", "--auto-apply", "--seeds", "0,1", "--backend", "local", "--literature", "off",
            "--max-seeds", "3", "--throughput-tolerance", "10", "--metric", "token_accuracy",
            # a shared 2-core machine: the sandbox's start may take long beside other tests
-           "--setup-allowance", "90", *extra]
+           "--setup-allowance", "90",
+           # one scripted reply per cycle: no look request before it (the look step has its own tests)
+           "--protocol", "direct", *extra]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200"))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]

@@ -137,7 +137,8 @@ def _handicap(repo: Path) -> str:
 def _settings(**kw: object) -> Settings:
     base = dict(provider="lmstudio", task="sudoku4", seeds=[0, 1], budget_seconds=4.0, cycles=2, auto_apply=True,
                 backend="local", literature="off", metric="token_accuracy", margin=0.01, max_seeds=3,
-                confirm_seeds=2, throughput_tolerance=10.0)
+                confirm_seeds=2, throughput_tolerance=10.0,
+                protocol="direct")  # one scripted reply per cycle: no look request before it
     base.update(kw)
     return Settings(**base)  # type: ignore[arg-type]
 

@@ -174,7 +174,8 @@ def test_main_command_ends_no_effect_and_duplicate_without_a_pair_and_judges_a_r
         cmd = [sys.executable, str(EVOLVE), "--repo", str(repo), "--provider", "lmstudio", "--host", server.url + "/v1",
                "--model", "scripted", "--cycles", "3", "--task", "sudoku4", "--budget-seconds", "3", "--seeds", "0,1",
                "--backend", "local", "--literature", "off", "--max-seeds", "2", "--confirm-seeds", "2",
-               "--throughput-tolerance", "10", "--workers", "2"]
+               "--throughput-tolerance", "10", "--workers", "2",
+               "--protocol", "direct"]  # one scripted reply per cycle: no look request before it
         proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=1400,
                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
