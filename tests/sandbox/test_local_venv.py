@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -82,6 +83,10 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     linked.mkdir()
     (linked / "hrm_pth_marker.py").write_text("WHERE = 'pth'\n")
     lines = [f"# a comment\n{linked}\n", "import os\n"]
+    if sys.prefix != sys.base_prefix:
+        # The engine runs from a venv itself (CI's is brand-new): a venv made from it sees the base interpreter's
+        # site-packages, not the venv's, so torch and numpy come through a .pth line like any linked directory.
+        lines.append(f"{sysconfig.get_paths()['purelib']}\n")
     if ENGINE is not None:
         lines.append(f"{ENGINE}\n")
     (purelib / "hrm_linked.pth").write_text("".join(lines))
